@@ -1,0 +1,13 @@
+"""The model zoo: CIFAR models of the CRD benchmark and KDrefine's re-parameterizable students.
+
+Importing this package registers every architecture in :data:`model_dict`.
+"""
+from .registry import build_model, check_model_name, is_rep_model, model_dict, register_model
+
+# Importing the architecture modules fills the registry.
+from . import resnet, resnetv2, wrn, vgg, mobilenetv2, ShuffleNetv1, ShuffleNetv2  # noqa: E402,F401
+from . import represnet, repvgg, repmobilenetv2, repShuffleNetv1, repwrn  # noqa: E402,F401
+from .rep_blocks import reparameterize_model  # noqa: E402
+
+__all__ = ["model_dict", "register_model", "build_model", "check_model_name", "is_rep_model",
+           "reparameterize_model"]
