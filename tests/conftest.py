@@ -11,5 +11,3 @@ if ROOT not in sys.path:
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests that take tens of seconds")

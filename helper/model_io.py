@@ -1,0 +1,38 @@
+"""Building a model from a weights file: shared by convert.py and validation.py."""
+from __future__ import annotations
+
+import torch
+
+from helper.checkpoint import (describe_mismatch, extract_state_dict, load_checkpoint, load_weights,
+                               num_classes_from_state_dict)
+from models import build_model, check_model_name, is_rep_model
+
+
+def _form_hint(model_is_deploy: bool, state: dict[str, torch.Tensor]) -> str:
+    fused_keys = any(".tdb_reparam." in k or k.startswith("tdb_reparam.") for k in state)
+    branch_keys = any(".duplicate1." in k or ".rbr_" in k or ".ver_conv." in k for k in state)
+    if not model_is_deploy and fused_keys:
+        return " (the file holds deploy-form weights: pass --deploy_flag True)"
+    if model_is_deploy and branch_keys:
+        return " (the file holds train-form weights: pass --deploy_flag False, or convert it with convert.py)"
+    return ""
+
+
+def load_model_from_file(path: str, arch: str, deploy: bool = False, blocktype: str | None = None):
+    """Build ``arch`` with the class count of ``path``'s classifier and load its weights strictly.
+
+    ``deploy`` only matters for re-parameterizable students. Returns ``(model, state_dict)``.
+    """
+    check_model_name(arch, "--model/-a")
+    state = extract_state_dict(load_checkpoint(path), path)
+    n_cls = num_classes_from_state_dict(state, path)
+    deploy = deploy and is_rep_model(arch)
+    model = build_model(arch, num_classes=n_cls, blocktype=blocktype, deploy=deploy)
+    problem = describe_mismatch(model, state)
+    hint = _form_hint(deploy, state) if problem and is_rep_model(arch) else ""
+    load_weights(model, state, path, arch + (" (deploy form)" if deploy else ""), hint)
+    return model, state
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

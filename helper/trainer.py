@@ -1,0 +1,135 @@
+"""The epoch loop shared by ``train_teacher.py`` and ``train_student.py``.
+
+Each epoch: set the learning rate, train, evaluate, log (one summary line, TensorBoard scalars),
+then save atomically — ``<name>_best.pth`` on a new best, ``ckpt_epoch_<N>.pth`` every
+``save_freq`` epochs and at the final epoch when asked, and always ``<name>_last.pth``, which is
+what ``--resume`` continues from (weights, optimizer, epoch, best accuracy and RNG states).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from helper.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from helper.errors import UserError
+from helper.loops import Batch, train_epoch, validate
+from helper.util import adjust_learning_rate
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], opt) -> torch.optim.SGD:
+    """SGD with momentum and weight decay, as the CRD code, using the multi-tensor kernels."""
+    return torch.optim.SGD(list(params), lr=opt.learning_rate, momentum=opt.momentum,
+                           weight_decay=opt.weight_decay, foreach=True)
+
+
+def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON via a temporary file and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+def config_dict(opt) -> dict[str, Any]:
+    """The run's configuration as plain values (loadable with ``weights_only=True``)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opt).items()
+            if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+
+
+@dataclass
+class Run:
+    """What one training run needs besides the data."""
+
+    name: str                      # file prefix: <name>_best.pth, <name>_last.pth
+    save_folder: str
+    train_modules: list[nn.Module]  # put in train mode each epoch
+    eval_model: nn.Module           # evaluated on the test split
+    optimizer: torch.optim.Optimizer
+    compute_loss: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+    state_modules: dict[str, nn.Module]  # saved and restored (e.g. 'model', 'method')
+    extra_state: dict[str, Any] = field(default_factory=dict)
+    save_freq: int = 0              # 0: no ckpt_epoch_<N>.pth files
+    on_epoch_start: Callable[[int], None] | None = None
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.save_folder, f"{self.name}_last.pth")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.save_folder, f"{self.name}_best.pth")
+
+
+@dataclass
+class Progress:
+    start_epoch: int = 1
+    best_acc: float = 0.0
+
+
+def resume(run: Run, path: str) -> Progress:
+    """Restore weights, optimizer, RNG state and counters from ``path``."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("epoch", "optimizer", "rng_state", *run.state_modules) if k not in ckpt]
+    if missing:
+        raise UserError(f"cannot resume from {path}: it lacks {', '.join(missing)} "
+                        f"(resume needs a <name>_last.pth written by this code)")
+    for key, module in run.state_modules.items():
+        module.load_state_dict(ckpt[key])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng_state"])
+    print(f"resumed from {path} at epoch {ckpt['epoch']} (best accuracy {ckpt.get('best_acc', 0):.2f})")
+    return Progress(start_epoch=int(ckpt["epoch"]) + 1, best_acc=float(ckpt.get("best_acc", 0.0)))
+
+
+def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=None,
+        progress: Progress | None = None, desc: str = "train") -> dict[str, float]:
+    """Train from ``progress.start_epoch`` to ``opt.epochs``; returns the last test metrics."""
+    progress = progress or Progress()
+    last: dict[str, float] = {}
+    for epoch in range(progress.start_epoch, opt.epochs + 1):
+        lr = adjust_learning_rate(epoch, opt, run.optimizer)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        if run.on_epoch_start:
+            run.on_epoch_start(epoch)
+        start = time.time()
+        train = train_epoch(run.train_modules, train_loader, run.optimizer, run.compute_loss, device,
+                            epoch, print_freq=opt.print_freq, amp=getattr(opt, "amp", False),
+                            channels_last=getattr(opt, "channels_last", False), desc=desc)
+        seconds = time.time() - start
+        test = validate(run.eval_model, test_loader, device, amp=getattr(opt, "amp", False),
+                        channels_last=getattr(opt, "channels_last", False))
+        is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
+        progress.best_acc = max(progress.best_acc, test["acc"])
+        print(f"epoch {epoch:3d}/{opt.epochs} lr {lr:.4g} | train loss {train['loss']:.4f} "
+              f"acc {train['acc']:.2f} | test loss {test['loss']:.4f} acc {test['acc']:.2f} "
+              f"top5 {test['acc_top5']:.2f} | best {progress.best_acc:.2f} | {seconds:.1f}s", flush=True)
+        if writer is not None:
+            for key, value in (("train_loss", train["loss"]), ("train_acc", train["acc"]),
+                               ("test_loss", test["loss"]), ("test_acc", test["acc"]),
+                               ("test_acc_top5", test["acc_top5"]), ("lr", lr)):
+                writer.add_scalar(key, value, epoch)
+            writer.flush()
+
+        state = {key: module.state_dict() for key, module in run.state_modules.items()}
+        state.update(run.extra_state, epoch=epoch, accuracy=test["acc"], best_acc=progress.best_acc,
+                     config=config_dict(opt))
+        if is_best:
+            save_checkpoint(state, run.best_path)
+        if run.save_freq and (epoch % run.save_freq == 0 or epoch == opt.epochs):
+            save_checkpoint({**state, "optimizer": run.optimizer.state_dict()},
+                            os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
+        save_checkpoint({**state, "optimizer": run.optimizer.state_dict(), "rng_state": rng_state()},
+                        run.last_path)
+        last = {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
+                "epoch": epoch}
+    return last

@@ -1,0 +1,162 @@
+"""Distill a student from a frozen teacher (KDrefine and the 17 methods of the CRD benchmark).
+
+Example::
+
+    python train_student.py --path_t save/models/resnet110_vanilla/ckpt_epoch_240.pth \\
+        --distill kdrefine --model_s represnet20 -r 0.1 -a 0.9 -b 0 --trial 1
+
+The loss is ``r * cls + a * div + b * kd`` over the named terms the method returns (CRD's
+weighting). Outputs (relative to the current directory):
+``save/student_model/S_<s>_T_<t>_<dataset>_<distill>_r_<r>_a_<a>_b_<b>_<trial>/`` with
+``<s>_last.pth``, ``<s>_best.pth`` and ``test_last_metrics.json``; TensorBoard scalars in
+``save/student_tensorboards/<same name>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from dataset import get_dataloaders, get_sample_dataloaders, num_classes
+from distiller_zoo import build_method, method_class, method_names
+from helper.checkpoint import extract_state_dict, load_checkpoint, load_weights, num_classes_from_state_dict
+from helper.distill import DistillStep, InitStep, freeze, loss_weights
+from helper.errors import UserError, exit_on_user_error
+from helper.loops import train_epoch, validate
+from helper.naming import student_run_name, teacher_arch_from_path
+from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
+                            finalize_optimization)
+from helper.trainer import Progress, Run, fit, make_optimizer, resume, write_json_atomic
+from helper.util import resolve_device, set_seed
+from models import BLOCK_TYPES, build_model, check_model_name, model_dict
+
+
+def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Distill a student network from a teacher.")
+    group = parser.add_argument_group("models")
+    group.add_argument("--path_t", type=str, default=None, help="teacher checkpoint (.pth)")
+    group.add_argument("--model_s", type=str, default="represnet20", help=f"one of: {', '.join(model_dict)}")
+    group.add_argument("-t", "--blocktype", type=str, default="AMBB", choices=list(BLOCK_TYPES),
+                       help="training-time block of re-parameterizable students")
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--distill", type=str, default="kdrefine", choices=method_names())
+    group.add_argument("--trial", type=str, default="1", help="the experiment id")
+    group.add_argument("-r", "--gamma", type=float, default=0.1, help="weight of the classification loss")
+    group.add_argument("-a", "--alpha", type=float, default=0.9, help="weight of the KL divergence")
+    group.add_argument("-b", "--beta", type=float, default=0.0, help="weight of the method's own loss")
+    group.add_argument("--kd_T", type=float, default=4, help="temperature of the KL divergence")
+    group.add_argument("--logit_stand", action="store_true",
+                       help="logit standardization (Sun et al., CVPR 2024) for kd and dkd")
+    group.add_argument("--init_epochs", type=int, default=30, help="init stage of abound, factor, fsp")
+    group.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4])
+    group = parser.add_argument_group("CRD")
+    group.add_argument("--feat_dim", type=int, default=128, help="embedding dimension")
+    group.add_argument("--mode", type=str, default="exact", choices=["exact", "relax"])
+    group.add_argument("--nce_k", type=int, default=16384, help="negative samples for NCE")
+    group.add_argument("--nce_t", type=float, default=0.07, help="softmax temperature")
+    group.add_argument("--nce_m", type=float, default=0.5, help="momentum of the memory bank")
+    add_optimization_flags(parser)
+    add_data_flags(parser)
+    add_run_flags(parser)
+    opt = parser.parse_args(argv)
+    check_model_name(opt.model_s, "--model_s")
+    if not opt.path_t:
+        raise UserError("--path_t is required: the teacher checkpoint, e.g. "
+                        "save/models/resnet110_vanilla/ckpt_epoch_240.pth")
+    finalize_optimization(opt, opt.model_s)
+    return opt
+
+
+def load_teacher(path: str, dataset: str, device: torch.device):
+    """The teacher named by ``path`` ('arch' entry, else its RepDistiller folder name), frozen."""
+    ckpt = load_checkpoint(path)
+    arch = ckpt.get("arch") if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str) else None
+    arch = arch or teacher_arch_from_path(path, list(model_dict))
+    check_model_name(arch, "--path_t (teacher architecture)")
+    state = extract_state_dict(ckpt, path)
+    n_cls = num_classes_from_state_dict(state, path)
+    if n_cls != num_classes(dataset):
+        raise UserError(f"{path} is a {n_cls}-class teacher but --dataset {dataset} has "
+                        f"{num_classes(dataset)} classes")
+    teacher = load_weights(build_model(arch, num_classes=n_cls), state, path, arch)
+    return arch, freeze(teacher.to(device))
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    opt = parse_option(argv)
+    set_seed(opt.seed)
+    device = resolve_device(opt.device)
+    opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device)
+    opt.model_name = student_run_name(opt)
+    opt.save_folder = os.path.join("save", "student_model", opt.model_name)
+    opt.tb_folder = os.path.join("save", "student_tensorboards", opt.model_name)
+
+    loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
+                     data_folder=opt.data_folder, loader=opt.loader, device=device, seed=opt.seed or 0)
+    if method_class(opt.distill).needs_index:
+        train_loader, test_loader, n_data = get_sample_dataloaders(
+            opt.dataset, k=opt.nce_k, mode=opt.mode, **loader_kw)
+    else:
+        train_loader, test_loader, n_data = get_dataloaders(opt.dataset, **loader_kw)
+
+    teacher_acc = validate(teacher, test_loader, device)["acc"]
+    print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
+
+    student = build_model(opt.model_s, num_classes=num_classes(opt.dataset),
+                          blocktype=opt.blocktype).to(device)
+    probe = next(iter(test_loader))[0][:2].to(device).float()
+    student.eval()
+    with torch.no_grad():
+        feat_s, _ = student(probe, is_feat=True)
+        feat_t, _ = teacher(probe, is_feat=True)
+    method = build_method(opt.distill, opt, student, teacher, feat_s, feat_t, n_data).to(device)
+
+    trainable = [student] + list(method.trainable_modules())
+    optimizer = make_optimizer((p for m in trainable for p in m.parameters()), opt)
+    step = DistillStep(student, teacher, method, loss_weights(opt))
+    run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=[student, method],
+              eval_model=student, optimizer=optimizer, compute_loss=step,
+              state_modules={"model": student, "method": method},
+              extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t},
+              on_epoch_start=lambda epoch: setattr(step, "epoch", epoch))
+
+    progress = Progress()
+    if opt.resume:
+        progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
+    elif method.has_init_stage and opt.init_epochs > 0:
+        run_init_stage(opt, student, teacher, method, train_loader, device)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    os.makedirs(opt.save_folder, exist_ok=True)
+    with SummaryWriter(opt.tb_folder) as writer:
+        print(f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
+              f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs on {device}; "
+              f"saving to {opt.save_folder}")
+        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.distill)
+    if last:
+        write_json_atomic(os.path.join(opt.save_folder, "test_last_metrics.json"), last)
+    print(f"best accuracy: {progress.best_acc:.2f}")
+    return last
+
+
+def run_init_stage(opt, student, teacher, method, train_loader, device) -> None:
+    """First stage of AB/FT/FSP: train the method's init modules with the student in eval mode."""
+    modules = list(method.init_modules(student))
+    params = [p for m in modules for p in m.parameters()]
+    optimizer = torch.optim.SGD(params, lr=method.init_learning_rate(opt), momentum=opt.momentum,
+                                weight_decay=opt.weight_decay, foreach=True)
+    step = InitStep(student, teacher, method)
+    for epoch in range(1, opt.init_epochs + 1):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        student.eval()
+        stats = train_epoch(modules, train_loader, optimizer, step, device, epoch,
+                            print_freq=opt.print_freq, desc=f"{opt.distill} init")
+        print(f"init epoch {epoch:3d}/{opt.init_epochs} | loss {stats['loss']:.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
