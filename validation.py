@@ -12,13 +12,18 @@ import argparse
 
 import torch
 
-from dataset import get_test_loader
-from helper.errors import exit_on_user_error
+from dataset import get_test_loader, num_classes
+from helper.errors import UserError, exit_on_user_error
 from helper.loops import validate
 from helper.model_io import count_parameters, load_model_from_file
 from helper.options import str2bool
 from helper.util import resolve_device
 from models import BLOCK_TYPES, is_rep_model
+
+
+def model_classes(model: torch.nn.Module) -> int:
+    """Output classes of ``model``: rows of its last linear layer."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +48,10 @@ def main(argv: list[str] | None = None) -> float:
     device = resolve_device(opt.device)
     deploy = opt.deploy_flag and is_rep_model(opt.model)
     model, _ = load_model_from_file(opt.model_path, opt.model, deploy=deploy, blocktype=opt.blocktype)
+    n_cls = model_classes(model)
+    if n_cls != num_classes(opt.dataset):
+        raise UserError(f"{opt.model_path} is a {n_cls}-class model but --dataset {opt.dataset} has "
+                        f"{num_classes(opt.dataset)} classes; pass the data set it was trained on")
     model = model.to(device).eval()
     loader = get_test_loader(opt.dataset, batch_size=opt.batch_size, num_workers=opt.num_workers,
                              data_folder=opt.data_folder, device=device)

@@ -1,0 +1,204 @@
+"""CIFAR-100 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009).
+
+Reads the official ``cifar-100-python/{train,test,meta}`` files under ``data_folder`` as they
+are (Python 2 protocol-2 pickles loaded with ``encoding='latin1'``; ``str`` or ``bytes`` keys
+both accepted; no checksum or size assumptions about files already present). Missing files
+are downloaded once with torchvision's download utility, under a socket timeout, and the
+archive's md5 is verified before it is unpacked. Anything that goes wrong ends in a one-line
+:class:`helper.errors.UserError` naming the file or folder.
+
+The loaders reproduce the CRD benchmark's data pipeline (Tian et al., CRD, ICLR 2020;
+``get_cifar100_dataloaders`` and ``get_cifar100_dataloaders_sample`` of RepDistiller).
+"""
+from __future__ import annotations
+
+import contextlib
+import pickle
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+
+from dataset.loaders import ContrastConfig, ImageData, Loader, build_loaders, check_options
+from helper.errors import UserError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+ARCHIVE = "cifar-100-python.tar.gz"
+DIRNAME = "cifar-100-python"
+FILES = ("train", "test", "meta")
+NUM_CLASSES = 100
+MEAN = (0.5071, 0.4867, 0.4408)
+STD = (0.2675, 0.2565, 0.2761)
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def cifar100_dir(data_folder: str | Path = "./data") -> Path:
+    """The ``cifar-100-python`` directory under ``data_folder``."""
+    return Path(data_folder).expanduser() / DIRNAME
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Give every socket opened inside the block a timeout (torchvision's download has none)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _reason(err: BaseException) -> str:
+    """First line of an exception's message (messages here must stay on one line)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _missing(folder: Path) -> list[str]:
+    return [name for name in FILES if not (folder / name).is_file()]
+
+
+def ensure_cifar100(data_folder: str | Path = "./data", download: bool = True,
+                    timeout: float = DOWNLOAD_TIMEOUT_S, url: str = URL,
+                    md5: str = MD5) -> Path:
+    """Make sure ``data_folder/cifar-100-python/{train,test,meta}`` exist; return that folder.
+
+    Files already there are used as they are. Otherwise the archive is downloaded from ``url``
+    (each socket operation limited to ``timeout`` seconds; an archive already in
+    ``data_folder`` with the right md5 is reused), its md5 checked, and it is unpacked.
+    """
+    root = Path(data_folder).expanduser()
+    folder = root / DIRNAME
+    missing = _missing(folder)
+    if not missing:
+        return folder
+    where = (f"CIFAR-100 files {', '.join(missing)} are missing from {folder}; put the "
+             f"unpacked {ARCHIVE} ({url}) there or pass --data_folder")
+    if not download:
+        raise UserError(where)
+    archive = root / ARCHIVE
+    corrupt = (f"downloaded CIFAR-100 archive {archive} is incomplete or corrupt (md5 is not "
+               f"{md5}); delete it and retry")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with _socket_timeout(timeout):
+            download_url(url, str(root), filename=ARCHIVE, md5=md5)
+    except Exception as err:  # network, HTTP, disk: all end in one line naming the folder
+        if isinstance(err, RuntimeError) and archive.is_file():
+            raise UserError(corrupt) from err  # torchvision's own md5 check failed
+        raise UserError(f"{where} (download failed: {_reason(err)})") from err
+    if not check_integrity(str(archive), md5):
+        raise UserError(corrupt)
+    try:
+        extract_archive(str(archive), str(root))
+    except Exception as err:  # tarfile/OS errors of any kind: say which file
+        raise UserError(f"cannot unpack CIFAR-100 archive {archive} ({_reason(err)})") from err
+    missing = _missing(folder)
+    if missing:
+        raise UserError(f"CIFAR-100 archive {archive} did not contain {', '.join(missing)} "
+                        f"under {DIRNAME}/")
+    return folder
+
+
+def _as_str(value: str | bytes) -> str:
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def load_pickle(path: Path) -> dict[str, object]:
+    """Unpickle an official CIFAR file with ``encoding='latin1'``; keys normalized to ``str``."""
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except FileNotFoundError as err:
+        raise UserError(f"CIFAR-100 file {path} is missing") from err
+    except Exception as err:  # any unpickling failure means a bad file
+        raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)}); "
+                        "it is truncated or not a CIFAR-100 python file - delete it and "
+                        "download again") from err
+    if not isinstance(obj, dict):
+        raise UserError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, not a dict")
+    return {_as_str(k): v for k, v in obj.items()}
+
+
+def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One split file -> (images uint8 (N, 32, 32, 3) HWC, fine labels int64 (N,))."""
+    path = Path(path)
+    entry = load_pickle(path)
+    for key in ("data", "fine_labels"):
+        if key not in entry:
+            raise UserError(f"CIFAR-100 file {path} has no {key!r} entry "
+                            f"(keys: {', '.join(sorted(entry))})")
+    data = np.asarray(entry["data"])
+    labels = np.asarray(entry["fine_labels"])
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise UserError(f"CIFAR-100 file {path}: 'data' is {data.dtype} {data.shape}, expected "
+                        "uint8 (N, 3072)")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"CIFAR-100 file {path}: {labels.size} fine labels for {len(data)} "
+                        "images")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise UserError(f"CIFAR-100 file {path}: fine labels outside 0..{NUM_CLASSES - 1}")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def read_cifar100_meta(data_folder: str | Path = "./data") -> dict[str, list[str]]:
+    """``fine_label_names`` and ``coarse_label_names`` as lists of ``str``."""
+    path = cifar100_dir(data_folder) / "meta"
+    meta = load_pickle(path)
+    out = {}
+    for key in ("fine_label_names", "coarse_label_names"):
+        if key not in meta:
+            raise UserError(f"CIFAR-100 file {path} has no {key!r} entry")
+        out[key] = [_as_str(v) for v in meta[key]]
+    return out
+
+
+def load_cifar100(data_folder: str | Path = "./data", download: bool = True) -> ImageData:
+    """Both splits in memory (downloading them first if needed)."""
+    folder = ensure_cifar100(data_folder, download=download)
+    train_x, train_y = read_cifar100_file(folder / "train")
+    test_x, test_y = read_cifar100_file(folder / "test")
+    return ImageData("cifar100", train_x, train_y, test_x, test_y, NUM_CLASSES, MEAN, STD,
+                     flip=True, padding=4)
+
+
+def load_cifar100_test(data_folder: str | Path = "./data") -> tuple[Tensor, Tensor]:
+    """Test split as (uint8 (N, 3, 32, 32) tensor, int64 labels tensor)."""
+    folder = ensure_cifar100(data_folder)
+    images, labels = read_cifar100_file(folder / "test")
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(labels))
+
+
+def get_cifar100_dataloaders(batch_size: int = 64, num_workers: int = 8,
+                             is_instance: bool = False, data_folder: str | Path = "./data",
+                             loader: str = "device", device: torch.device | str = "cpu",
+                             seed: int = 0, channels_last: bool = False
+                             ) -> tuple[Loader, Loader, int]:
+    """CIFAR-100 train/test loaders and ``n_data``; with ``is_instance`` train batches are
+    ``(images, targets, indices)``."""
+    check_options(loader)
+    return build_loaders(load_cifar100(data_folder), batch_size=batch_size,
+                         num_workers=num_workers, loader=loader, device=device, seed=seed,
+                         is_instance=is_instance, channels_last=channels_last)
+
+
+def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k: int = 16384,
+                                    mode: str = "exact", is_sample: bool = True,
+                                    percent: float = 1.0, data_folder: str | Path = "./data",
+                                    loader: str = "device", device: torch.device | str = "cpu",
+                                    seed: int = 0, channels_last: bool = False
+                                    ) -> tuple[Loader, Loader, int]:
+    """CIFAR-100 loaders for CRD: train batches ``(images, targets, indices, contrast_idx)``
+    with ``contrast_idx`` (B, k + 1), see :mod:`dataset.contrast`."""
+    contrast = ContrastConfig(k=k, mode=mode, is_sample=is_sample, percent=percent)
+    check_options(loader, contrast)
+    return build_loaders(load_cifar100(data_folder), batch_size=batch_size,
+                         num_workers=num_workers, loader=loader, device=device, seed=seed,
+                         contrast=contrast, channels_last=channels_last)

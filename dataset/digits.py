@@ -1,0 +1,109 @@
+"""``--dataset digits``: scikit-learn's bundled handwritten digits as a tiny offline image set.
+
+``sklearn.datasets.load_digits`` holds 1,797 real 8x8 images of the digits 0-9 (values 0..16;
+the UCI "Optical Recognition of Handwritten Digits" set). We scale values to 0..255
+(``round(v * 255 / 16)``), upsample 8x8 -> 32x32 by nearest-neighbour replication (each pixel
+becomes a 4x4 block: exact, no interpolated values, statistics unchanged) and repeat the grey
+channel three times, so every CIFAR model runs unchanged. The split is 80/20, stratified by
+class, with ``train_test_split(..., random_state=0)`` (1,437 train / 360 test). Training
+augmentation is the CIFAR padded random crop without flips (a mirrored digit is another
+symbol), normalized with the training split's own mean and std.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dataset.loaders import (ContrastConfig, ImageData, Loader, build_loaders, check_options,
+                             to_nchw)
+
+NUM_CLASSES = 10
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+UPSAMPLE = 4  # 8x8 -> 32x32
+
+
+def _to_rgb32(images8: np.ndarray) -> np.ndarray:
+    """(N, 8, 8) values 0..16 -> uint8 (N, 32, 32, 3) by nearest-neighbour upsampling."""
+    scaled = np.rint(images8 * (255.0 / 16.0)).astype(np.uint8)
+    big = scaled.repeat(UPSAMPLE, axis=1).repeat(UPSAMPLE, axis=2)
+    return np.repeat(big[..., None], 3, axis=3)
+
+
+def load_digits_data() -> ImageData:
+    """The digits set, split and upsampled; ``mean``/``std`` from the training split."""
+    from sklearn.datasets import load_digits  # imported here: scikit-learn loads slowly
+    from sklearn.model_selection import train_test_split
+
+    raw = load_digits()
+    labels = raw.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
+                                           random_state=SPLIT_SEED, stratify=labels)
+    images = _to_rgb32(raw.images)
+    train_x = images[train_idx]
+    scaled = train_x.astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in scaled.mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in scaled.std(axis=(0, 1, 2)))
+    return ImageData("digits", train_x, labels[train_idx], images[test_idx], labels[test_idx],
+                     NUM_CLASSES, mean, std, flip=False, padding=4)
+
+
+def digits_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of the training split on the [0, 1] scale."""
+    data = load_digits_data()
+    return data.mean, data.std
+
+
+def load_digits_test() -> tuple[Tensor, Tensor]:
+    """Test split as (uint8 (360, 3, 32, 32) tensor, int64 labels tensor)."""
+    data = load_digits_data()
+    return to_nchw(data.test_images), torch.from_numpy(data.test_labels)
+
+
+def max_negatives(labels: np.ndarray, percent: float = 1.0) -> int:
+    """The most CRD negatives every class can draw without replacement (pools cut to
+    ``int(len(pool of class 0) * percent)`` when ``percent < 1``, see :mod:`dataset.contrast`)."""
+    pools = len(labels) - np.bincount(labels)
+    cap = int(pools.min())
+    if 0 < percent < 1:
+        cap = min(cap, int(pools[0] * percent))
+    return max(cap, 1)
+
+
+def digits_sample_k(k: int, percent: float = 1.0) -> int:
+    """The number of CRD negatives the digits loaders actually draw for a requested ``k``."""
+    return min(k, max_negatives(load_digits_data().train_labels, percent))
+
+
+def get_digits_dataloaders(batch_size: int = 64, num_workers: int = 8,
+                           is_instance: bool = False, data_folder: str | Path = "./data",
+                           loader: str = "device", device: torch.device | str = "cpu",
+                           seed: int = 0, channels_last: bool = False
+                           ) -> tuple[Loader, Loader, int]:
+    """Digits train/test loaders and ``n_data`` (``data_folder`` unused: the set ships with
+    scikit-learn)."""
+    check_options(loader)
+    return build_loaders(load_digits_data(), batch_size=batch_size, num_workers=num_workers,
+                         loader=loader, device=device, seed=seed, is_instance=is_instance,
+                         channels_last=channels_last)
+
+
+def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k: int = 16384,
+                                  mode: str = "exact", is_sample: bool = True,
+                                  percent: float = 1.0, data_folder: str | Path = "./data",
+                                  loader: str = "device", device: torch.device | str = "cpu",
+                                  seed: int = 0, channels_last: bool = False
+                                  ) -> tuple[Loader, Loader, int]:
+    """Digits loaders for CRD. ``k`` is capped silently to :func:`max_negatives` of the training
+    split and ``percent`` (see :func:`digits_sample_k`), so negatives are always drawn without
+    replacement; size the CRD memory with the capped value."""
+    check_options(loader, ContrastConfig(k=k, mode=mode))
+    data = load_digits_data()
+    contrast = ContrastConfig(k=min(k, max_negatives(data.train_labels, percent)), mode=mode,
+                              is_sample=is_sample, percent=percent)
+    return build_loaders(data, batch_size=batch_size, num_workers=num_workers, loader=loader,
+                         device=device, seed=seed, contrast=contrast,
+                         channels_last=channels_last)

@@ -1,0 +1,123 @@
+"""The classic data path of the CRD/RepDistiller code: a ``torch.utils.data.Dataset`` of PIL
+images with torchvision transforms, batched by a ``DataLoader`` (shuffle, workers, pinned
+memory on CUDA).
+
+It mirrors the original ``CIFAR100Instance`` / ``CIFAR100InstanceSample`` data sets (Tian et
+al., CRD, ICLR 2020) over in-memory arrays, so it serves any of our image sets. Shuffling and
+the workers' seeds come from a generator reseeded per epoch from ``(seed, epoch)``; per-sample
+crops, flips and contrast draws use torch's global RNG as the original did (seeded per worker
+by the DataLoader, so runs with ``num_workers > 0`` are reproducible).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from dataset.contrast import ContrastSampler
+from dataset.device_loader import derive_seed
+
+
+def train_transform(mean: Sequence[float], std: Sequence[float], flip: bool = True,
+                    padding: int = 4, size: int = 32) -> transforms.Compose:
+    """``RandomCrop(size, padding)`` (zero fill), optional ``RandomHorizontalFlip``,
+    ``ToTensor``, ``Normalize`` - the CRD benchmark's training augmentation."""
+    steps: list = [transforms.RandomCrop(size, padding=padding)]
+    if flip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+def test_transform(mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
+    """``ToTensor`` + ``Normalize``."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class ArrayImageDataset(Dataset):
+    """Images (N, H, W, 3) uint8 and labels as PIL images through ``transform``.
+
+    Items are ``(img, target)``; ``(img, target, index)`` with ``with_index`` (the original's
+    ``CIFAR100Instance``); ``(img, target, index, contrast_idx)`` with a CRD ``contrast``
+    sampler (``CIFAR100InstanceSample`` with ``is_sample=True``).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None,
+                 with_index: bool = False, contrast: ContrastSampler | None = None) -> None:
+        self.images = np.ascontiguousarray(images)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.with_index = with_index or contrast is not None
+        self.contrast = contrast
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        target = int(self.labels[index])
+        if self.contrast is not None:
+            return img, target, index, self.contrast.sample_one(index, target)
+        if self.with_index:
+            return img, target, index
+        return img, target
+
+
+class TorchvisionLoader:
+    """A ``DataLoader`` with per-epoch reseeding (``set_epoch``) and the same surface as
+    :class:`dataset.device_loader.DeviceLoader`: ``len()``, ``.dataset``, ``.batch_size``.
+
+    Batches are CPU tensors (pinned when ``pin_memory``); the training loop moves them.
+    """
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
+                 seed: int = 0, pin_memory: bool = False, channels_last: bool = False,
+                 drop_last: bool = False) -> None:
+        self.seed = int(seed)
+        self._epoch = 0
+        self._generator = torch.Generator()
+        self.channels_last = channels_last
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                 num_workers=num_workers, pin_memory=pin_memory,
+                                 drop_last=drop_last, generator=self._generator)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.loader.dataset
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self._epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self._epoch = int(state["seed"]), int(state["epoch"])
+
+    def __iter__(self) -> Iterator:
+        self._generator.manual_seed(derive_seed(self.seed, self._epoch, 0))
+        self._epoch += 1
+        if not self.channels_last:
+            return iter(self.loader)
+        return (self._to_channels_last(batch) for batch in self.loader)
+
+    @staticmethod
+    def _to_channels_last(batch):
+        return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
