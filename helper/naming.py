@@ -1,0 +1,139 @@
+"""Run-folder names of the CRD/RepDistiller/KDrefine save tree, made and parsed in one place.
+
+A student run is saved in ``save/student_model/<name>`` with (KDrefine's ``train_student.py``)::
+
+    S_<model_s>_T_<model_t>_<dataset>_<distill>_r_<gamma>_a_<alpha>_b_<beta>_<trial>
+
+where ``gamma``/``alpha``/``beta`` are the ``-r``/``-a``/``-b`` loss weights printed as Python
+prints floats (``-b 0`` gives ``0.0``). A teacher checkpoint lives in a folder whose name starts
+with the teacher's architecture (``resnet56_vanilla``, ``wrn_40_2_cifar100_lr_0.05_...``).
+
+Model names contain underscores (``wrn_40_2``), so names are parsed against the known model
+names (longest match first); when none matches, the structural rules of the original code are
+used (see each function).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from helper.errors import UserError
+
+STUDENT_SAVE_ROOT = os.path.join("save", "student_model")
+METRICS_FILE = "test_last_metrics.json"
+# Defaults of train_student.py for the flags that appear in the run name.
+STUDENT_NAME_DEFAULTS: dict[str, Any] = {
+    "dataset": "cifar100", "distill": "kdrefine", "gamma": 0.1, "alpha": 0.9, "beta": 0.0,
+    "trial": "1",
+}
+_WEIGHTS_AND_TRIAL = re.compile(
+    r"_r_(?P<gamma>[^_]+)_a_(?P<alpha>[^_]+)_b_(?P<beta>[^_]+)_(?P<trial>[^_]+)$")
+
+
+def known_model_names() -> set[str]:
+    """Names of every registered architecture, CIFAR (``models.model_dict``) and ImageNet."""
+    from models import model_dict
+    from models.imagenet import imagenet_model_dict
+
+    return set(model_dict) | set(imagenet_model_dict)
+
+
+def _longest_prefix(text: str, known: Iterable[str], sep: str) -> str | None:
+    """Longest ``name`` in ``known`` with ``text == name`` or ``text`` starting ``name + sep``."""
+    for name in sorted(known, key=len, reverse=True):
+        if text == name or text.startswith(name + sep):
+            return name
+    return None
+
+
+def teacher_arch_from_path(path: str, known: Iterable[str] = ()) -> str:
+    """Teacher architecture from the name of the folder holding the checkpoint ``path``.
+
+    ``save/models/resnet56_vanilla/ckpt_epoch_240.pth`` -> ``resnet56``;
+    ``.../wrn_40_2_cifar100_lr_0.05_decay_0.0005_trial_0/...`` -> ``wrn_40_2``. The longest known
+    name that the folder name starts with wins; with none, RepDistiller's rule applies (the first
+    ``_``-separated word, or the first three for ``wrn``).
+    """
+    folder = os.path.basename(os.path.dirname(os.path.normpath(path)))
+    match = _longest_prefix(folder, known, "_")
+    if match is not None:
+        return match
+    words = folder.split("_")
+    if not folder or not words[0]:
+        raise UserError(f"cannot tell the teacher architecture from {path}; put the checkpoint "
+                        "in a folder named <arch>_... (e.g. resnet56_vanilla)")
+    return "_".join(words[:3]) if words[0] == "wrn" else words[0]
+
+
+def teacher_arch(path: str, known: Iterable[str] = ()) -> str:
+    """Teacher architecture: the checkpoint's ``'arch'`` entry, else from its folder name.
+
+    The checkpoint is read with ``weights_only=True``; an unreadable or absent file falls back
+    to :func:`teacher_arch_from_path`.
+    """
+    if os.path.isfile(path):
+        import torch  # here, so that the scripts using only the names start fast
+
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # old pickle format, non-tensor objects, ... -> use the folder name
+            ckpt = None
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str):
+            return ckpt["arch"]
+    return teacher_arch_from_path(path, known)
+
+
+def format_weight(value: float | str) -> str:
+    """A loss weight as argparse's ``type=float`` then ``str.format`` prints it (0 -> '0.0')."""
+    return str(float(value))
+
+
+def student_run_name(opt: Any) -> str:
+    """Folder name of a student run from an options object (``argparse.Namespace`` or alike).
+
+    Reads ``model_s``, ``model_t`` (if absent or None: :func:`teacher_arch` of ``path_t``),
+    ``dataset``, ``distill``, ``gamma``, ``alpha``, ``beta`` and ``trial``.
+    """
+    model_t = getattr(opt, "model_t", None) or teacher_arch(opt.path_t, known_model_names())
+    return "S_{}_T_{}_{}_{}_r_{}_a_{}_b_{}_{}".format(
+        opt.model_s, model_t, opt.dataset, opt.distill, format_weight(opt.gamma),
+        format_weight(opt.alpha), format_weight(opt.beta), opt.trial)
+
+
+def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[str, Any]:
+    """Inverse of :func:`student_run_name`.
+
+    Returns ``{'model_s', 'model_t', 'dataset', 'distill', 'gamma', 'alpha', 'beta', 'trial'}``
+    with float weights and the trial as a string. Student and teacher are matched against
+    ``known_models`` (longest first); without a match, the student ends at the first ``_T_``
+    and the dataset and method are the last two ``_``-separated words before ``_r_``.
+    Raises :class:`UserError` for a name not of that form.
+    """
+    bad = UserError(f"{name!r} is not a student run name "
+                    "S_<student>_T_<teacher>_<dataset>_<method>_r_<r>_a_<a>_b_<b>_<trial>")
+    tail = _WEIGHTS_AND_TRIAL.search(name)
+    if not name.startswith("S_") or tail is None:
+        raise bad
+    try:
+        weights = {k: float(tail.group(k)) for k in ("gamma", "alpha", "beta")}
+    except ValueError:
+        raise bad from None
+    head = name[2:tail.start()]  # <student>_T_<teacher>_<dataset>_<method>
+    known = list(known_models)
+
+    model_s = _longest_prefix(head, known, "_T_") or head.split("_T_", 1)[0]
+    if not model_s or not head.startswith(model_s + "_T_"):
+        raise bad
+    rest = head[len(model_s) + 3:]
+    model_t = _longest_prefix(rest, known, "_")
+    if model_t is not None:  # <dataset>_<method>; a method name may hold underscores
+        parts = [model_t, *rest[len(model_t) + 1:].split("_", 1)]
+    else:  # <teacher>_<dataset>_<method>, neither of the last two holding underscores
+        parts = rest.rsplit("_", 2)
+    if len(parts) != 3 or not all(parts):
+        raise bad
+    model_t, dataset, distill = parts
+    return {"model_s": model_s, "model_t": model_t, "dataset": dataset, "distill": distill,
+            **weights, "trial": tail.group("trial")}

@@ -1,0 +1,222 @@
+"""ImageNet models (torchvision compatibility, feature interface, represnet18 conversion) and
+the ImageFolder loaders."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+from dataset.imagenet import IMAGENET_MEAN, IMAGENET_STD, get_imagenet_dataloaders
+from helper.errors import UserError
+from models.imagenet import build_imagenet_model, check_imagenet_model_name, imagenet_model_dict
+from models.rep_blocks import reparameterize_model
+
+TORCHVISION_NAMES = ["resnet18", "resnet34", "resnet50", "mobilenet_v2"]
+# name -> channels of [f0, f1, f2, f3, f4, pooled]
+FEATURE_CHANNELS = {
+    "resnet18": [64, 64, 128, 256, 512, 512],
+    "resnet34": [64, 64, 128, 256, 512, 512],
+    "resnet50": [64, 256, 512, 1024, 2048, 2048],
+    "represnet18": [64, 64, 128, 256, 512, 512],
+    "mobilenet_v1": [32, 128, 256, 512, 1024, 1024],
+    "mobilenet_v2": [32, 24, 32, 96, 320, 1280],
+}
+STRIDES = [2, 4, 8, 16, 32]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are small at 32x32; one thread is as fast and does not spin on a busy
+    machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that eval outputs depend on them."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+    return model
+
+
+def test_registry_is_separate_and_complete():
+    from models import model_dict
+
+    assert set(imagenet_model_dict) >= {"resnet18", "resnet34", "resnet50", "mobilenet_v1",
+                                        "mobilenet_v2", "represnet18"}
+    assert "mobilenet_v2" not in model_dict and "represnet18" not in model_dict
+    with pytest.raises(UserError, match="known ImageNet models: .*resnet18"):
+        check_imagenet_model_name("resnet181")
+
+
+@pytest.mark.parametrize("name", TORCHVISION_NAMES)
+def test_torchvision_state_dict_loads_strictly_and_matches(name):
+    torch.manual_seed(0)
+    reference = randomize_bn(getattr(torchvision.models, name)(num_classes=10)).eval()
+    ours = imagenet_model_dict[name](num_classes=10)
+    theirs = reference.state_dict()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in theirs.items()}
+    ours.load_state_dict(theirs, strict=True)
+    ours.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+        _, logits = ours(x, is_feat=True)
+        torch.testing.assert_close(logits, reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_CHANNELS))
+def test_forward_features(name):
+    torch.manual_seed(0)
+    model = build_imagenet_model(name, num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        feats, logits_f = model(x, is_feat=True)
+        pre_feats, _ = model(x, is_feat=True, preact=True)
+    assert logits.shape == (2, 7)
+    torch.testing.assert_close(logits_f, logits)
+    channels = FEATURE_CHANNELS[name]
+    assert len(feats) == len(pre_feats) == len(channels)
+    for f, p, c, s in zip(feats[:-1], pre_feats[:-1], channels[:-1], STRIDES):
+        assert f.shape == p.shape == (2, c, 32 // s, 32 // s)
+    assert feats[-1].shape == (2, channels[-1])  # the pooled embedding ends the list
+    torch.testing.assert_close(model.fc(feats[-1]) if hasattr(model, "fc")
+                               else model.classifier(feats[-1]), logits)
+    if name != "mobilenet_v2":  # linear bottlenecks: no ReLU, so preact == feats there
+        assert any((p < 0).any() for p in pre_feats[1:-1])
+        for f, p in zip(feats[1:-1], pre_feats[1:-1]):
+            torch.testing.assert_close(f, torch.relu(p))
+
+    bns = model.get_bn_before_relu()
+    assert [m.num_features if isinstance(m, nn.BatchNorm2d) else m.out_channels
+            for m in bns] == channels[1:-1]
+    feat_modules = model.get_feat_modules()
+    assert isinstance(feat_modules, nn.ModuleList)
+    feat_params = {id(p) for p in feat_modules.parameters()}
+    head = model.fc if hasattr(model, "fc") else model.classifier
+    assert not feat_params & {id(p) for p in head.parameters()}
+    assert len(feat_params) + len(list(head.parameters())) == len(list(model.parameters()))
+
+
+def test_mobilenet_v1_layout():
+    """Howard 2017 Table 1: 4.2M parameters with a 1000-way classifier, 28 conv layers."""
+    model = imagenet_model_dict["mobilenet_v1"]()
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(4.23e6, rel=0.01)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 27
+    assert "model.13.3.weight" in model.state_dict() and "fc.weight" in model.state_dict()
+
+
+def test_represnet18_conversion_is_exact():
+    """Train form (separate branches, as the original computes them) vs converted form, in eval
+    mode with random BN statistics."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_imagenet_model("represnet18", num_classes=10, fused=False)).eval()
+    keys = model.state_dict().keys()
+    assert "layer1.0.conv1.duplicate1.conv.weight" in keys  # AMBB by default
+    assert "conv1.weight" in keys and "layer2.0.downsample.0.weight" in keys  # plain stem, 1x1
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        feats_before, _ = model(x, is_feat=True, preact=True)
+        reparameterize_model(model)
+        after = model(x)
+        feats_after, _ = model(x, is_feat=True, preact=True)
+    scale = before.abs().max()
+    torch.testing.assert_close(after / scale, before / scale, rtol=1e-5, atol=1e-5)
+    for a, b in zip(feats_after, feats_before):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+    deploy = build_imagenet_model("represnet18", num_classes=10, deploy=True).eval()
+    deploy.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(deploy(x), after)
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in deploy.modules())
+    assert n_convs == 1 + 16 + 3  # stem, 16 block convs, 3 projection shortcuts, as ResNet-18
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+COLOURS = {"n01": (255, 0, 0), "n02": (0, 128, 255), "n03": (10, 200, 30)}
+
+
+def make_image_folder(root: str, n_train: int = 3, n_val: int = 2) -> None:
+    for split, count in (("train", n_train), ("val", n_val)):
+        for cls, colour in COLOURS.items():
+            os.makedirs(os.path.join(root, split, cls))
+            for i in range(count):
+                Image.new("RGB", (48 + 8 * i, 40), colour).save(
+                    os.path.join(root, split, cls, f"{cls}_{i}.JPEG"), quality=100)
+
+
+def test_image_folder_loaders(tmp_path):
+    make_image_folder(str(tmp_path))
+    train_loader, val_loader, n_data, num_classes = get_imagenet_dataloaders(
+        str(tmp_path), batch_size=4, num_workers=0)
+    assert (n_data, num_classes) == (9, 3)
+    images, targets = next(iter(train_loader))
+    assert images.shape == (4, 3, 224, 224) and targets.shape == (4,)
+    assert len(train_loader.dataset) == 9 and len(val_loader.dataset) == 6
+
+    images, targets = next(iter(val_loader))  # unshuffled: the first class comes first
+    assert images.shape == (4, 3, 224, 224)
+    assert targets.tolist() == [0, 0, 1, 1]
+    mean = torch.tensor(IMAGENET_MEAN)
+    std = torch.tensor(IMAGENET_STD)
+    for image, cls in ((images[0], "n01"), (images[2], "n02")):  # solid colours, normalized
+        expected = (torch.tensor(COLOURS[cls]) / 255 - mean) / std
+        torch.testing.assert_close(image.mean(dim=(1, 2)), expected, atol=0.05, rtol=0)
+
+
+def test_instance_loader_returns_indices(tmp_path):
+    make_image_folder(str(tmp_path))
+    train_loader, _, n_data, _ = get_imagenet_dataloaders(str(tmp_path), batch_size=9,
+                                                          num_workers=0, is_instance=True)
+    _, _, index = next(iter(train_loader))
+    assert sorted(index.tolist()) == list(range(n_data))
+
+
+def test_missing_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"train not found; expected <data_folder>/train/<class>"):
+        get_imagenet_dataloaders(str(tmp_path / "nowhere"), num_workers=0)
+    make_image_folder(str(tmp_path))
+    os.rename(tmp_path / "val", tmp_path / "validation")
+    with pytest.raises(UserError, match="val not found"):
+        get_imagenet_dataloaders(str(tmp_path), num_workers=0)
+
+
+def test_mismatched_classes_and_distributed_without_init(tmp_path):
+    make_image_folder(str(tmp_path))
+    os.rename(tmp_path / "val" / "n03", tmp_path / "val" / "n04")
+    with pytest.raises(UserError, match="differ"):
+        get_imagenet_dataloaders(str(tmp_path), num_workers=0)
+    os.rename(tmp_path / "val" / "n04", tmp_path / "val" / "n03")
+    with pytest.raises(UserError, match="torch.distributed"):
+        get_imagenet_dataloaders(str(tmp_path), num_workers=0, distributed=True)
+
+
+def test_distributed_sampler_splits_train_set(tmp_path, monkeypatch):
+    make_image_folder(str(tmp_path), n_train=4)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    train_loader, val_loader, n_data, _ = get_imagenet_dataloaders(str(tmp_path), batch_size=2,
+                                                                   num_workers=0,
+                                                                   distributed=True)
+    assert isinstance(train_loader.sampler, torch.utils.data.DistributedSampler)
+    assert len(list(train_loader.sampler)) == n_data // 2
+    assert len(val_loader.sampler) == 6  # every process evaluates the whole val set
