@@ -18,8 +18,8 @@ import os
 
 import torch
 
-from dataset import get_dataloaders, get_sample_dataloaders, num_classes
-from distiller_zoo import build_method, method_class, method_names
+from dataset import get_dataloaders, get_sample_dataloaders, num_classes, sample_k
+from distiller_zoo import build_method, get_method, method_names
 from helper.checkpoint import extract_state_dict, load_checkpoint, load_weights, num_classes_from_state_dict
 from helper.distill import DistillStep, InitStep, freeze, loss_weights
 from helper.errors import UserError, exit_on_user_error
@@ -93,9 +93,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     opt.save_folder = os.path.join("save", "student_model", opt.model_name)
     opt.tb_folder = os.path.join("save", "student_tensorboards", opt.model_name)
 
+    method_cls = get_method(opt.distill)
     loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
-                     data_folder=opt.data_folder, loader=opt.loader, device=device, seed=opt.seed or 0)
-    if method_class(opt.distill).needs_index:
+                     data_folder=opt.data_folder, loader=opt.loader, device=device,
+                     seed=opt.seed or 0, drop_last=method_cls.needs_full_batches)
+    if method_cls.needs_index:
+        opt.nce_k = sample_k(opt.dataset, opt.nce_k)  # digits caps k to its small training split
         train_loader, test_loader, n_data = get_sample_dataloaders(
             opt.dataset, k=opt.nce_k, mode=opt.mode, **loader_kw)
     else:
@@ -109,8 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     probe = next(iter(test_loader))[0][:2].to(device).float()
     student.eval()
     with torch.no_grad():
-        feat_s, _ = student(probe, is_feat=True)
-        feat_t, _ = teacher(probe, is_feat=True)
+        feat_s, _ = student(probe, is_feat=True, preact=method_cls.needs_preact)
+        feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.needs_preact)
     method = build_method(opt.distill, opt, student, teacher, feat_s, feat_t, n_data).to(device)
 
     trainable = [student] + list(method.trainable_modules())
@@ -152,7 +155,7 @@ def run_init_stage(opt, student, teacher, method, train_loader, device) -> None:
     for epoch in range(1, opt.init_epochs + 1):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        student.eval()
+        student.eval()  # the init modules (possibly parts of the student) are put in train mode
         stats = train_epoch(modules, train_loader, optimizer, step, device, epoch,
                             print_freq=opt.print_freq, desc=f"{opt.distill} init")
         print(f"init epoch {epoch:3d}/{opt.init_epochs} | loss {stats['loss']:.4f}", flush=True)

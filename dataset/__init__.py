@@ -51,26 +51,27 @@ def normalization(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def get_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,
                     data_folder: str | Path = "./data", is_instance: bool = False,
                     loader: str = "device", device: torch.device | str = "cpu", seed: int = 0,
-                    channels_last: bool = False) -> tuple[Loader, Loader, int]:
+                    channels_last: bool = False, drop_last: bool = False) -> tuple[Loader, Loader, int]:
     """(train_loader, test_loader, n_data) of ``dataset``; with ``is_instance`` train batches
     are ``(images, targets, indices)``."""
     return _LOADERS[_check(dataset)](
         batch_size=batch_size, num_workers=num_workers, is_instance=is_instance,
         data_folder=data_folder, loader=loader, device=device, seed=seed,
-        channels_last=channels_last)
+        channels_last=channels_last, drop_last=drop_last)
 
 
 def get_sample_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,
                            data_folder: str | Path = "./data", k: int = 16384,
                            mode: str = "exact", is_sample: bool = True, percent: float = 1.0,
                            loader: str = "device", device: torch.device | str = "cpu",
-                           seed: int = 0, channels_last: bool = False
+                           seed: int = 0, channels_last: bool = False,
+                             drop_last: bool = False
                            ) -> tuple[Loader, Loader, int]:
     """CRD loaders of ``dataset``: train batches ``(images, targets, indices, contrast_idx)``."""
     return _SAMPLE_LOADERS[_check(dataset)](
         batch_size=batch_size, num_workers=num_workers, k=k, mode=mode, is_sample=is_sample,
         percent=percent, data_folder=data_folder, loader=loader, device=device, seed=seed,
-        channels_last=channels_last)
+        channels_last=channels_last, drop_last=drop_last)
 
 
 def sample_k(dataset: str, k: int, percent: float = 1.0) -> int:

@@ -66,7 +66,8 @@ def check_options(loader: str, contrast: ContrastConfig | None = None) -> None:
 def build_loaders(data: ImageData, *, batch_size: int, num_workers: int,
                   loader: str = "device", device: torch.device | str = "cpu", seed: int = 0,
                   is_instance: bool = False, contrast: ContrastConfig | None = None,
-                  channels_last: bool = False) -> tuple[Loader, Loader, int]:
+                  channels_last: bool = False, drop_last: bool = False
+                  ) -> tuple[Loader, Loader, int]:
     """Train and test loaders of ``data`` and the number of training samples.
 
     The test loader uses ``batch_size // 2`` and ``num_workers // 2`` as the original code.
@@ -88,7 +89,7 @@ def build_loaders(data: ImageData, *, batch_size: int, num_workers: int,
                       channels_last=channels_last, padding=data.padding)
         train = DeviceLoader(to_nchw(data.train_images), torch.from_numpy(data.train_labels),
                              batch_size=batch_size, shuffle=True, augment=True, flip=data.flip,
-                             with_indices=with_index, contrast=sampler, **common)
+                             with_indices=with_index, contrast=sampler, drop_last=drop_last, **common)
         test = DeviceLoader(to_nchw(data.test_images), torch.from_numpy(data.test_labels),
                             batch_size=test_bs, shuffle=False, augment=False, **common)
         return train, test, n_data
@@ -102,7 +103,7 @@ def build_loaders(data: ImageData, *, batch_size: int, num_workers: int,
                                  test_transform(data.mean, data.std))
     train = TorchvisionLoader(train_set, batch_size=batch_size, shuffle=True,
                               num_workers=num_workers, seed=seed, pin_memory=pin,
-                              channels_last=channels_last)
+                              channels_last=channels_last, drop_last=drop_last)
     test = TorchvisionLoader(test_set, batch_size=test_bs, shuffle=False,
                              num_workers=num_workers // 2, seed=seed, pin_memory=pin,
                              channels_last=channels_last)

@@ -1,0 +1,146 @@
+"""Contrastive representation distillation (Tian, Krishnan & Isola, ICLR 2020).
+
+``CRDLoss(opt)`` embeds the student and teacher penultimate features (``embed_s`` / ``embed_t``,
+trained with the student), scores each positive and ``nce_k`` negatives drawn from a momentum
+memory bank (``ContrastMemory``) and applies the NCE-style ``ContrastLoss`` in both directions
+(teacher as anchor and student as anchor), as in the CRD code.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .modules import Embed
+
+EPS = 1e-7
+
+
+class AliasSampler(nn.Module):
+    """Walker's alias method for O(1) draws from a fixed discrete distribution (the CRD code's
+    ``AliasMethod``, same float32 tables and draws); the tables are non-persistent buffers so
+    they follow ``.to(device)``."""
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        probs = probs.float()
+        if probs.sum() > 1:
+            probs = probs / probs.sum()
+        n = len(probs)
+        prob = (np.float32(n) * probs.numpy().astype(np.float32)).astype(np.float32)
+        alias = np.zeros(n, dtype=np.int64)
+        smaller = [i for i in range(n) if prob[i] < 1.0]
+        larger = [i for i in range(n) if prob[i] >= 1.0]
+        while smaller and larger:
+            small, large = smaller.pop(), larger.pop()
+            alias[small] = large
+            prob[large] = (prob[large] - np.float32(1.0)) + prob[small]
+            (smaller if prob[large] < 1.0 else larger).append(large)
+        for i in smaller + larger:
+            prob[i] = 1.0
+        self.register_buffer("prob", torch.from_numpy(prob), persistent=False)
+        self.register_buffer("alias", torch.from_numpy(alias), persistent=False)
+
+    def draw(self, n: int) -> torch.Tensor:
+        """``n`` indices drawn from the distribution."""
+        kk = torch.zeros(n, dtype=torch.long, device=self.prob.device).random_(0, self.alias.numel())
+        keep = torch.bernoulli(self.prob.index_select(0, kk))
+        return kk.mul(keep.long()) + self.alias.index_select(0, kk).mul((1 - keep).long())
+
+
+class ContrastMemory(nn.Module):
+    """Memory bank of ``output_size`` embeddings per side, updated with momentum.
+
+    ``forward(v1, v2, y, idx)`` scores student embeddings ``v1`` against the teacher bank and
+    teacher embeddings ``v2`` against the student bank at rows ``idx`` (positive first), returns
+    ``(out_v1, out_v2)`` of shape ``(bsz, K + 1, 1)`` divided by the normalisation constants Z
+    (fixed at the first call), then writes the momentum update of rows ``y``.
+    """
+
+    def __init__(self, input_size: int, output_size: int, K: int, T: float = 0.07,
+                 momentum: float = 0.5) -> None:
+        super().__init__()
+        self.n_lem = output_size
+        self.K = K
+        self.multinomial = AliasSampler(torch.ones(output_size))
+        self.register_buffer("params", torch.tensor([K, T, -1, -1, momentum]))
+        stdv = 1.0 / math.sqrt(input_size / 3)
+        for key in ("memory_v1", "memory_v2"):
+            self.register_buffer(key, torch.rand(output_size, input_size).mul_(2 * stdv).add_(-stdv))
+
+    @staticmethod
+    def _scores(memory: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, T: float) -> torch.Tensor:
+        bsz, dim = v.shape
+        weight = torch.index_select(memory, 0, idx.view(-1)).detach().view(bsz, -1, dim)
+        return torch.exp(torch.div(torch.bmm(weight, v.view(bsz, dim, 1)), T))
+
+    @torch.no_grad()
+    def _update(self, memory: torch.Tensor, y: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
+        pos = torch.index_select(memory, 0, y.view(-1)).mul_(momentum).add_(v.detach() * (1 - momentum))
+        memory.index_copy_(0, y.view(-1), pos.div(pos.pow(2).sum(1, keepdim=True).pow(0.5)))
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
+                idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        K = int(self.params[0].item())
+        T = self.params[1].item()
+        momentum = self.params[4].item()
+        bsz = v1.size(0)
+        if idx is None:
+            idx = self.multinomial.draw(bsz * (self.K + 1)).view(bsz, -1)
+            idx.select(1, 0).copy_(y.data)
+        idx = idx.view(bsz, K + 1)
+        out_v2 = self._scores(self.memory_v1, idx, v2, T)
+        out_v1 = self._scores(self.memory_v2, idx, v1, T)
+        with torch.no_grad():
+            if self.params[2].item() < 0:
+                self.params[2] = out_v1.mean() * self.n_lem
+                print(f"normalization constant Z_v1 is set to {self.params[2].item():.1f}")
+            if self.params[3].item() < 0:
+                self.params[3] = out_v2.mean() * self.n_lem
+                print(f"normalization constant Z_v2 is set to {self.params[3].item():.1f}")
+        out_v1 = torch.div(out_v1, self.params[2].item()).contiguous()
+        out_v2 = torch.div(out_v2, self.params[3].item()).contiguous()
+        self._update(self.memory_v1, y, v1, momentum)
+        self._update(self.memory_v2, y, v2, momentum)
+        return out_v1, out_v2
+
+
+class ContrastLoss(nn.Module):
+    """NCE loss of CRD's Eq. (18): positives against noise ``P_n = 1 / n_data``; returns a
+    0-dim tensor (the CRD code returns a 1-element tensor of the same value)."""
+
+    def __init__(self, n_data: int) -> None:
+        super().__init__()
+        self.n_data = n_data
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bsz = x.shape[0]
+        m = x.size(1) - 1
+        noise = m * (1 / float(self.n_data))
+        p_pos = x.select(1, 0)
+        log_d1 = torch.div(p_pos, p_pos.add(noise + EPS)).log()
+        p_neg = x.narrow(1, 1, m)
+        log_d0 = torch.div(torch.full_like(p_neg, noise), p_neg.add(noise + EPS)).log()
+        return -(log_d1.sum() + log_d0.sum()) / bsz
+
+
+class CRDLoss(nn.Module):
+    """CRD loss; ``opt`` carries ``s_dim``, ``t_dim``, ``feat_dim``, ``nce_k``, ``nce_t``,
+    ``nce_m`` and ``n_data`` (the memory bank holds ``n_data x feat_dim`` per side)."""
+
+    def __init__(self, opt) -> None:
+        super().__init__()
+        self.embed_s = Embed(opt.s_dim, opt.feat_dim)
+        self.embed_t = Embed(opt.t_dim, opt.feat_dim)
+        self.contrast = ContrastMemory(opt.feat_dim, opt.n_data, opt.nce_k, opt.nce_t, opt.nce_m)
+        self.criterion_t = ContrastLoss(opt.n_data)
+        self.criterion_s = ContrastLoss(opt.n_data)
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor,
+                contrast_idx: torch.Tensor | None = None) -> torch.Tensor:
+        f_s = self.embed_s(f_s)
+        f_t = self.embed_t(f_t)
+        out_s, out_t = self.contrast(f_s, f_t, idx, contrast_idx)
+        return self.criterion_s(out_s) + self.criterion_t(out_t)

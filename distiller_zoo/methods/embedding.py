@@ -1,0 +1,115 @@
+"""Methods on the pooled embedding ``feats[-1]``: CRD, CC, RKD, PKT and SRRL."""
+from __future__ import annotations
+
+from argparse import Namespace
+
+import torch
+import torch.nn as nn
+
+from helper.errors import UserError
+
+from ..cc import Correlation
+from ..crd import CRDLoss
+from ..modules import LinearEmbed
+from ..pkt import PKT
+from ..rkd import RKDLoss
+from ..srrl import SRRL, SRRLLoss
+from .base import BuildContext, Distiller, StepInputs, register_method, teacher_classifier
+
+
+@register_method("crd")
+class CRD(Distiller):
+    """Contrastive representation distillation (Tian et al., ICLR 2020).
+
+    Needs the sample indices and the negatives' indices from the sample loader
+    (``needs_index``); the memory bank (``n_data x feat_dim`` per side) is a buffer, the two
+    embeddings are trained with the student.
+    """
+
+    needs_index = True
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__(ctx)
+        if ctx.n_data <= 0:
+            raise UserError("crd needs the training-set size for its memory bank (n_data > 0)")
+        crd_opt = Namespace(**{**vars(ctx.opt), "s_dim": ctx.feat_s[-1].shape[1],
+                               "t_dim": ctx.feat_t[-1].shape[1], "n_data": ctx.n_data})
+        self.criterion_kd = CRDLoss(crd_opt)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.criterion_kd.embed_s, self.criterion_kd.embed_t]
+
+    def kd_loss(self, x: StepInputs) -> torch.Tensor:
+        if x.index is None:
+            raise ValueError("crd needs the batch's sample indices (index)")
+        return self.criterion_kd(x.feat_s[-1], x.feat_t[-1], x.index, x.contrast_idx)
+
+
+@register_method("correlation")
+class CC(Distiller):
+    """Correlation congruence (Peng et al., ICCV 2019) between linear embeddings (``feat_dim``)
+    of both pooled features; both embeddings are trained with the student."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__(ctx)
+        self.embed_s = LinearEmbed(ctx.feat_s[-1].shape[1], ctx.opt.feat_dim)
+        self.embed_t = LinearEmbed(ctx.feat_t[-1].shape[1], ctx.opt.feat_dim)
+        self.criterion_kd = Correlation()
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.embed_s, self.embed_t]
+
+    def kd_loss(self, x: StepInputs) -> torch.Tensor:
+        return self.criterion_kd(self.embed_s(x.feat_s[-1]), self.embed_t(x.feat_t[-1]))
+
+
+@register_method("rkd")
+class RKD(Distiller):
+    """Relational KD (Park et al., CVPR 2019) on the pooled features."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__(ctx)
+        self.criterion_kd = RKDLoss()
+
+    def kd_loss(self, x: StepInputs) -> torch.Tensor:
+        return self.criterion_kd(x.feat_s[-1], x.feat_t[-1])
+
+
+@register_method("pkt")
+class PKTMethod(Distiller):
+    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) on the pooled features."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__(ctx)
+        self.criterion_kd = PKT()
+
+    def kd_loss(self, x: StepInputs) -> torch.Tensor:
+        return self.criterion_kd(x.feat_s[-1], x.feat_t[-1])
+
+
+@register_method("srrl")
+class SRRLMethod(Distiller):
+    """SRRL (Yang et al., ICLR 2021) as KDrefine wires it: the translated student feature is
+    regressed onto the teacher's pooled feature and, through the teacher's classifier, onto the
+    teacher's logits. KDrefine never builds this criterion; here it is ``SRRLLoss``.
+
+    The teacher classifier is held by reference, not as a submodule: it stays the teacher's
+    (frozen, moved and saved with the teacher); gradients flow through it to the translator.
+    """
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__(ctx)
+        self.srrl = SRRL(s_n=ctx.feat_s[-1].shape[1], t_n=ctx.feat_t[-1].shape[1])
+        self.criterion_kd = SRRLLoss()
+        cls_t = teacher_classifier(ctx.teacher)
+        if cls_t.in_features != ctx.feat_t[-1].shape[1]:
+            raise UserError(f"srrl: the teacher's classifier takes {cls_t.in_features} inputs but "
+                            f"its pooled feature has {ctx.feat_t[-1].shape[1]}")
+        self._cls_t = (cls_t,)  # a tuple keeps it out of this module's parameters and state
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.srrl]
+
+    def kd_loss(self, x: StepInputs) -> torch.Tensor:
+        trans_feat_s, pred_feat_s = self.srrl(x.feat_s[-1], self._cls_t[0])
+        return self.criterion_kd(trans_feat_s, pred_feat_s, x.feat_t[-1], x.logit_t)
