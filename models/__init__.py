@@ -7,7 +7,8 @@ from .registry import build_model, check_model_name, is_rep_model, model_dict, r
 # Importing the architecture modules fills the registry.
 from . import resnet, resnetv2, wrn, vgg, mobilenetv2, ShuffleNetv1, ShuffleNetv2  # noqa: E402,F401
 from . import represnet, repvgg, repmobilenetv2, repShuffleNetv1, repwrn  # noqa: E402,F401
-from .rep_blocks import reparameterize_model  # noqa: E402
+from .rep_blocks import BLOCK_TYPES, reparameterize_model, set_fused  # noqa: E402
+from .imagenet import imagenet_model_dict  # noqa: E402
 
-__all__ = ["model_dict", "register_model", "build_model", "check_model_name", "is_rep_model",
-           "reparameterize_model"]
+__all__ = ["model_dict", "imagenet_model_dict", "register_model", "build_model", "check_model_name",
+           "is_rep_model", "reparameterize_model", "set_fused", "BLOCK_TYPES"]
