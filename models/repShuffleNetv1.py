@@ -69,7 +69,7 @@ class RepShuffleNet(nn.Module):
     """ShuffleNetV1 for 32x32 inputs with rep depthwise convs."""
 
     def __init__(self, cfg: dict, num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE,
-                 deploy: bool = False, fused: bool = True) -> None:
+                 deploy: bool = False, fused: bool | str = "auto") -> None:
         super().__init__()
         out_planes, num_blocks, groups = cfg["out_planes"], cfg["num_blocks"], cfg["groups"]
         conv_bn = block_factory(blocktype, deploy, fused)
@@ -112,6 +112,6 @@ class RepShuffleNet(nn.Module):
 
 @register_model("repshufflev1", rep=True)
 def repshufflev1(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                 fused: bool = True) -> RepShuffleNet:
+                 fused: bool | str = "auto") -> RepShuffleNet:
     cfg = {"out_planes": [240, 480, 960], "num_blocks": [4, 8, 4], "groups": 3}
     return RepShuffleNet(cfg, num_classes, blocktype, deploy, fused)

@@ -50,7 +50,7 @@ class RepMobileNetV2(nn.Module):
 
     def __init__(self, T: int, feature_dim: int, input_size: int = 32, width_mult: float = 1.0,
                  remove_avg: bool = False, blocktype: str = DEFAULT_BLOCKTYPE,
-                 deploy: bool = False, fused: bool = True) -> None:
+                 deploy: bool = False, fused: bool | str = "auto") -> None:
         super().__init__()
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
@@ -127,7 +127,7 @@ class RepMobileNetV2(nn.Module):
 
 @register_model("repmobilenetv2", rep=True)
 def repmobilenetv2(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE,
-                   deploy: bool = False, fused: bool = True) -> RepMobileNetV2:
+                   deploy: bool = False, fused: bool | str = "auto") -> RepMobileNetV2:
     """MobileNetV2 with expansion 6 and width 0.5 (the CRD benchmark's ``MobileNetV2``)."""
     return RepMobileNetV2(T=6, feature_dim=num_classes, width_mult=0.5, blocktype=blocktype,
                           deploy=deploy, fused=fused)

@@ -55,7 +55,7 @@ class RepResNet(nn.Module):
 
     def __init__(self, depth: int, num_filters: list[int], num_classes: int = 100,
                  blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                 fused: bool = True) -> None:
+                 fused: bool | str = "auto") -> None:
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n+2 (e.g. 20, 32, 44, 56, 110), got {depth}")
@@ -110,17 +110,31 @@ class RepResNet(nn.Module):
 
 @register_model("represnet20", rep=True)
 def represnet20(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                fused: bool = True) -> RepResNet:
+                fused: bool | str = "auto") -> RepResNet:
     return RepResNet(20, [16, 16, 32, 64], num_classes, blocktype, deploy, fused)
 
 
 @register_model("represnet32", rep=True)
 def represnet32(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                fused: bool = True) -> RepResNet:
+                fused: bool | str = "auto") -> RepResNet:
     return RepResNet(32, [16, 16, 32, 64], num_classes, blocktype, deploy, fused)
 
 
 @register_model("represnet8x4", rep=True)
 def represnet8x4(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                 fused: bool = True) -> RepResNet:
+                 fused: bool | str = "auto") -> RepResNet:
     return RepResNet(8, [32, 64, 128, 256], num_classes, blocktype, deploy, fused)
+
+
+@register_model("represnet8", rep=True)
+def represnet8(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
+               fused: bool | str = "auto") -> RepResNet:
+    """Not in the KDrefine table: the rep form of resnet8, small enough for CPU quickstarts."""
+    return RepResNet(8, [16, 16, 32, 64], num_classes, blocktype, deploy, fused)
+
+
+@register_model("represnet14", rep=True)
+def represnet14(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
+                fused: bool | str = "auto") -> RepResNet:
+    """Not in the KDrefine table: the rep form of resnet14."""
+    return RepResNet(14, [16, 16, 32, 64], num_classes, blocktype, deploy, fused)

@@ -27,7 +27,7 @@ class RepVGGNet(nn.Module):
 
     def __init__(self, cfg: list[list[int]], num_classes: int = 100,
                  blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                 fused: bool = True) -> None:
+                 fused: bool | str = "auto") -> None:
         super().__init__()
         conv_bn = block_factory(blocktype, deploy, fused)
         self.block0 = self._make_layers(conv_bn, cfg[0], 3)
@@ -104,6 +104,6 @@ class RepVGGNet(nn.Module):
 
 @register_model("repvgg8", rep=True)
 def repvgg8(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-            fused: bool = True) -> RepVGGNet:
+            fused: bool | str = "auto") -> RepVGGNet:
     """VGG-8: one rep conv per stage, widths 64-128-256-512-512."""
     return RepVGGNet([[64], [128], [256], [512], [512]], num_classes, blocktype, deploy, fused)

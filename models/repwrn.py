@@ -88,7 +88,7 @@ class RepWideResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int = 100, widen_factor: int = 1,
                  drop_rate: float = 0.0, blocktype: str = DEFAULT_BLOCKTYPE,
-                 deploy: bool = False, fused: bool = True) -> None:
+                 deploy: bool = False, fused: bool | str = "auto") -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"depth must be 6n+4, got {depth}")
@@ -138,11 +138,11 @@ class RepWideResNet(nn.Module):
 
 @register_model("repwrn_16_2", rep=True)
 def repwrn_16_2(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                fused: bool = True) -> RepWideResNet:
+                fused: bool | str = "auto") -> RepWideResNet:
     return RepWideResNet(16, num_classes, 2, 0.0, blocktype, deploy, fused)
 
 
 @register_model("repwrn_40_1", rep=True)
 def repwrn_40_1(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                fused: bool = True) -> RepWideResNet:
+                fused: bool | str = "auto") -> RepWideResNet:
     return RepWideResNet(40, num_classes, 1, 0.0, blocktype, deploy, fused)

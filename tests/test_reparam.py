@@ -360,3 +360,22 @@ def test_fused_model_training_step_matches_separate() -> None:
     state_f = fused.state_dict()
     for key, value in separate.state_dict().items():
         torch.testing.assert_close(state_f[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_auto_fusion_takes_the_separate_path_for_cpu_training(monkeypatch) -> None:
+    """fused="auto" (the default): separate branches for CPU training, fold in eval mode."""
+    block = make_conv_bn(4, 4, 3, blocktype="AMBB")
+    assert block.fused == "auto"
+    calls = []
+    monkeypatch.setattr(type(block), "_forward_fused_train",
+                        lambda self, x, branches: calls.append("fused") or x)
+    x = torch.randn(2, 4, 6, 6)
+    block.train()(x)
+    assert calls == []
+    set_fused(block, True)
+    block(x)
+    assert calls == ["fused"]
+    set_fused(block, "auto")
+    block.eval()
+    expected = block._forward_separate(x)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)

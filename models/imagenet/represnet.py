@@ -19,7 +19,7 @@ from .resnet import BasicBlock, ResNet
 
 @register_imagenet_model(rep=True)
 def represnet18(num_classes: int = 1000, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                fused: bool = True) -> ResNet:
+                fused: bool | str = "auto") -> ResNet:
     """Re-parameterizable ResNet-18 (KDrefine); ``deploy=True`` builds the converted form."""
     conv_bn = block_factory(blocktype, deploy, fused)
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, conv_bn=conv_bn)
