@@ -26,7 +26,7 @@ from helper.errors import UserError, exit_on_user_error
 from helper.loops import train_epoch, validate
 from helper.naming import student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
-                            finalize_optimization)
+                            finalize_device, finalize_optimization)
 from helper.trainer import Progress, Run, fit, make_optimizer, resume, write_json_atomic
 from helper.util import resolve_device, set_seed
 from models import BLOCK_TYPES, build_model, check_model_name, model_dict
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     opt = parse_option(argv)
     set_seed(opt.seed)
     device = resolve_device(opt.device)
+    finalize_device(opt, device)
     opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device)
     opt.model_name = student_run_name(opt)
     opt.save_folder = os.path.join("save", "student_model", opt.model_name)
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     method_cls = get_method(opt.distill)
     loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
                      data_folder=opt.data_folder, loader=opt.loader, device=device,
-                     seed=opt.seed or 0, drop_last=method_cls.needs_full_batches)
+                     seed=opt.seed or 0, drop_last=method_cls.needs_full_batches,
+                     channels_last=opt.channels_last)
     if method_cls.needs_index:
         opt.nce_k = sample_k(opt.dataset, opt.nce_k)  # digits caps k to its small training split
         train_loader, test_loader, n_data = get_sample_dataloaders(
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     student = build_model(opt.model_s, num_classes=num_classes(opt.dataset),
                           blocktype=opt.blocktype).to(device)
+    if opt.channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
     probe = next(iter(test_loader))[0][:2].to(device).float()
     student.eval()
     with torch.no_grad():
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     trainable = [student] + list(method.trainable_modules())
     optimizer = make_optimizer((p for m in trainable for p in m.parameters()), opt)
-    step = DistillStep(student, teacher, method, loss_weights(opt))
+    step = DistillStep(student, teacher, method, loss_weights(opt), compile=opt.compile, device=device)
     run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=[student, method],
               eval_model=student, optimizer=optimizer, compute_loss=step,
               state_modules={"model": student, "method": method},

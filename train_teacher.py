@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 
+import torch
 import torch.nn.functional as F
 
 from dataset import get_dataloaders, num_classes
 from helper.errors import exit_on_user_error
+from helper.distill import compile_fn
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
-                            finalize_optimization)
+                            finalize_device, finalize_optimization)
 from helper.trainer import Progress, Run, fit, make_optimizer, resume
 from helper.util import resolve_device, set_seed
 from models import build_model, check_model_name, model_dict
@@ -49,15 +51,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     opt = parse_option(argv)
     set_seed(opt.seed)
     device = resolve_device(opt.device)
+    finalize_device(opt, device)
     train_loader, test_loader, _ = get_dataloaders(
         opt.dataset, batch_size=opt.batch_size, num_workers=opt.num_workers,
-        data_folder=opt.data_folder, loader=opt.loader, device=device, seed=opt.seed or 0)
+        data_folder=opt.data_folder, loader=opt.loader, device=device, seed=opt.seed or 0,
+        channels_last=opt.channels_last)
     model = build_model(opt.model, num_classes=num_classes(opt.dataset)).to(device)
+    if opt.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), opt)
 
+    def forward_loss(images, target):
+        logits = model(images)
+        return F.cross_entropy(logits, target), logits
+
+    step = compile_fn(forward_loss, device) if opt.compile else forward_loss
+
     def compute_loss(batch):
-        logits = model(batch.images)
-        return F.cross_entropy(logits, batch.target), logits
+        return step(batch.images, batch.target)
 
     run = Run(name=opt.model, save_folder=opt.save_folder, train_modules=[model], eval_model=model,
               optimizer=optimizer, compute_loss=compute_loss, state_modules={"model": model},

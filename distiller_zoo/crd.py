@@ -57,18 +57,63 @@ class ContrastMemory(nn.Module):
     teacher embeddings ``v2`` against the student bank at rows ``idx`` (positive first), returns
     ``(out_v1, out_v2)`` of shape ``(bsz, K + 1, 1)`` divided by the normalisation constants Z
     (fixed at the first call), then writes the momentum update of rows ``y``.
+
+    The ``params`` buffer keeps the CRD code's layout ``[K, T, Z_v1, Z_v2, momentum]`` (so its
+    checkpoints load unchanged), but the per-step forward never reads it back to the host:
+
+    * ``K``, ``T`` and ``momentum`` are mirrored as Python attributes, read from the buffer at
+      construction, after ``load_state_dict`` and after a dtype change (``.double()``, ...),
+      i.e. the values the CRD code would read with ``.item()`` on every step;
+    * Z_v1 / Z_v2 stay on the device: every call computes
+      ``where(Z < 0, mean(exp-scores) * n_data, Z)``, writes it into the buffer and divides by
+      that tensor (same float value as dividing by the host copy), so an unset Z (-1, e.g. an
+      old checkpoint saved before the first step) is filled from the next batch as before;
+    * the one-time "normalization constant ... is set to ..." message is printed only on a call
+      where a host-side flag says Z was unset (derived from the buffer at construction / load /
+      dtype change, never per step); printing the value costs one host read on that call only.
+      A Z reset by writing the buffer directly (without ``load_state_dict``) is re-estimated
+      silently.
     """
 
     def __init__(self, input_size: int, output_size: int, K: int, T: float = 0.07,
                  momentum: float = 0.5) -> None:
         super().__init__()
         self.n_lem = output_size
-        self.K = K
         self.multinomial = AliasSampler(torch.ones(output_size))
         self.register_buffer("params", torch.tensor([K, T, -1, -1, momentum]))
+        # host mirror of the buffer, built on the CPU so a default device (cuda, meta) costs no read
+        self._set_host_params(torch.tensor([K, T, -1, -1, momentum], device="cpu").tolist())
         stdv = 1.0 / math.sqrt(input_size / 3)
         for key in ("memory_v1", "memory_v2"):
             self.register_buffer(key, torch.rand(output_size, input_size).mul_(2 * stdv).add_(-stdv))
+
+    def _set_host_params(self, values: list[float]) -> None:
+        K, T, z_v1, z_v2, momentum = values
+        self.K = int(K)
+        self.T = T
+        self.momentum = momentum
+        self._announce_z = (z_v1 < 0, z_v2 < 0)
+
+    def _refresh_host_params(self) -> None:
+        """Re-read ``K``, ``T``, ``momentum`` and the unset-Z flags from ``params`` (one host
+        read; never called per step)."""
+        if self.params.is_meta or self.params.numel() != 5:
+            return
+        self._set_host_params(self.params.detach().tolist())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if prefix + "params" in state_dict:
+            self._refresh_host_params()
+
+    def _apply(self, fn, recurse=True):
+        dtype = self.params.dtype
+        out = super()._apply(fn, recurse)
+        if self.params.dtype != dtype:  # values were rounded to the new dtype (e.g. ``.half()``)
+            self._refresh_host_params()
+        return out
 
     @staticmethod
     def _scores(memory: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, T: float) -> torch.Tensor:
@@ -77,31 +122,41 @@ class ContrastMemory(nn.Module):
         return torch.exp(torch.div(torch.bmm(weight, v.view(bsz, dim, 1)), T))
 
     @torch.no_grad()
+    def _normalizers(self, out_v1: torch.Tensor, out_v2: torch.Tensor) -> torch.Tensor:
+        """``[Z_v1, Z_v2]`` on the device: unset (negative) entries of ``params`` take this
+        batch's estimate ``mean(out) * n_data`` (rounded to the buffer's dtype, as the CRD code's
+        assignment does); the result is written back into ``params`` and returned as a fresh
+        tensor (so later in-place writes to the buffer never touch a saved autograd input)."""
+        z = self.params[2:4]
+        estimate = torch.stack((out_v1.mean(), out_v2.mean())) * self.memory_v1.size(0)
+        z_new = torch.where(z < 0, estimate.to(z.dtype), z)
+        z.copy_(z_new)
+        if self._announce_z[0] or self._announce_z[1]:
+            values = z_new.tolist()  # one host read, on the call that sets Z only
+            for name, unset, value in zip(("Z_v1", "Z_v2"), self._announce_z, values):
+                if unset:
+                    print(f"normalization constant {name} is set to {value:.1f}")
+            self._announce_z = (False, False)
+        return z_new
+
+    @torch.no_grad()
     def _update(self, memory: torch.Tensor, y: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
         pos = torch.index_select(memory, 0, y.view(-1)).mul_(momentum).add_(v.detach() * (1 - momentum))
         memory.index_copy_(0, y.view(-1), pos.div(pos.pow(2).sum(1, keepdim=True).pow(0.5)))
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
                 idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        K = int(self.params[0].item())
-        T = self.params[1].item()
-        momentum = self.params[4].item()
+        K, T, momentum = self.K, self.T, self.momentum
         bsz = v1.size(0)
         if idx is None:
-            idx = self.multinomial.draw(bsz * (self.K + 1)).view(bsz, -1)
+            idx = self.multinomial.draw(bsz * (K + 1)).view(bsz, -1)
             idx.select(1, 0).copy_(y.data)
         idx = idx.view(bsz, K + 1)
         out_v2 = self._scores(self.memory_v1, idx, v2, T)
         out_v1 = self._scores(self.memory_v2, idx, v1, T)
-        with torch.no_grad():
-            if self.params[2].item() < 0:
-                self.params[2] = out_v1.mean() * self.n_lem
-                print(f"normalization constant Z_v1 is set to {self.params[2].item():.1f}")
-            if self.params[3].item() < 0:
-                self.params[3] = out_v2.mean() * self.n_lem
-                print(f"normalization constant Z_v2 is set to {self.params[3].item():.1f}")
-        out_v1 = torch.div(out_v1, self.params[2].item()).contiguous()
-        out_v2 = torch.div(out_v2, self.params[3].item()).contiguous()
+        z = self._normalizers(out_v1, out_v2)
+        out_v1 = torch.div(out_v1, z[0]).contiguous()
+        out_v2 = torch.div(out_v2, z[1]).contiguous()
         self._update(self.memory_v1, y, v1, momentum)
         self._update(self.memory_v2, y, v2, momentum)
         return out_v1, out_v2

@@ -42,14 +42,25 @@ def to_batch(data, device: torch.device, channels_last: bool = False) -> Batch:
     return Batch(images, parts[1], *parts[2:4])
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16, or fp16 on CUDA devices without bf16 support (those need a grad scaler)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def make_grad_scaler(device: torch.device, amp: bool) -> "torch.amp.GradScaler | None":
+    """A grad scaler when mixed precision runs in fp16, else None (bf16 needs none)."""
+    if amp and amp_dtype(device) == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
 def autocast_context(device: torch.device, amp: bool):
-    """bf16 autocast when ``amp`` (fp16 on CUDA devices without bf16), else nothing."""
+    """Autocast to :func:`amp_dtype` when ``amp``, else nothing."""
     if not amp:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
 class DeviceMeter:
@@ -60,10 +71,11 @@ class DeviceMeter:
 
     @torch.no_grad()
     def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch; everything stays on the device (no host sync)."""
         n = target.size(0)
         top1, top5 = correct_topk(logits, target, (1, 5))
-        self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
-                                  torch.tensor(float(n), device=self.sums.device, dtype=torch.float64)])
+        loss_sum = loss.detach().double() * n
+        self.sums += torch.stack([loss_sum, top1.double(), top5.double(), torch.full_like(loss_sum, n)])
 
     def read(self) -> dict[str, float]:
         loss, top1, top5, n = self.sums.tolist()

@@ -52,7 +52,19 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                        help="continue from CKPT, or from this run's <model>_last.pth when no path is given")
     group.add_argument("--print_freq", type=int, default=100, help="steps between progress updates")
     group.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast)")
+    group = parser.add_argument_group("speed")
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision: bf16 autocast (fp16 with a grad scaler where bf16 is unsupported)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the training step (with CUDA graphs on CUDA)")
+    group.add_argument("--no_channels_last", action="store_true",
+                       help="keep NCHW memory format on CUDA (channels_last is the CUDA default)")
+
+
+def finalize_device(opt: argparse.Namespace, device) -> argparse.Namespace:
+    """Device-dependent defaults: channels_last on CUDA unless ``--no_channels_last``."""
+    opt.channels_last = device.type == "cuda" and not getattr(opt, "no_channels_last", False)
+    return opt
 
 
 def finalize_optimization(opt: argparse.Namespace, model_name: str) -> argparse.Namespace:

@@ -19,14 +19,18 @@ import torch.nn as nn
 
 from helper.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from helper.errors import UserError
-from helper.loops import Batch, train_epoch, validate
+from helper.loops import Batch, make_grad_scaler, train_epoch, validate
 from helper.util import adjust_learning_rate
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], opt) -> torch.optim.SGD:
-    """SGD with momentum and weight decay, as the CRD code, using the multi-tensor kernels."""
-    return torch.optim.SGD(list(params), lr=opt.learning_rate, momentum=opt.momentum,
-                           weight_decay=opt.weight_decay, foreach=True)
+    """SGD with momentum and weight decay, as the CRD code: the fused kernel for CUDA
+    parameters, the multi-tensor (foreach) one elsewhere."""
+    params = list(params)
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    kernel = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
+                           weight_decay=opt.weight_decay, **kernel)
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
@@ -94,6 +98,8 @@ def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=N
         progress: Progress | None = None, desc: str = "train") -> dict[str, float]:
     """Train from ``progress.start_epoch`` to ``opt.epochs``; returns the last test metrics."""
     progress = progress or Progress()
+    amp = getattr(opt, "amp", False)
+    scaler = make_grad_scaler(device, amp)
     last: dict[str, float] = {}
     for epoch in range(progress.start_epoch, opt.epochs + 1):
         lr = adjust_learning_rate(epoch, opt, run.optimizer)
@@ -103,10 +109,10 @@ def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=N
             run.on_epoch_start(epoch)
         start = time.time()
         train = train_epoch(run.train_modules, train_loader, run.optimizer, run.compute_loss, device,
-                            epoch, print_freq=opt.print_freq, amp=getattr(opt, "amp", False),
+                            epoch, print_freq=opt.print_freq, amp=amp, scaler=scaler,
                             channels_last=getattr(opt, "channels_last", False), desc=desc)
         seconds = time.time() - start
-        test = validate(run.eval_model, test_loader, device, amp=getattr(opt, "amp", False),
+        test = validate(run.eval_model, test_loader, device, amp=amp,
                         channels_last=getattr(opt, "channels_last", False))
         is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
         progress.best_acc = max(progress.best_acc, test["acc"])
