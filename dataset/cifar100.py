@@ -180,14 +180,15 @@ def get_cifar100_dataloaders(batch_size: int = 64, num_workers: int = 8,
                              is_instance: bool = False, data_folder: str | Path = "./data",
                              loader: str = "device", device: torch.device | str = "cpu",
                              seed: int = 0, channels_last: bool = False,
-                             drop_last: bool = False
+                             drop_last: bool = False, rank: int = 0, world_size: int = 1
                              ) -> tuple[Loader, Loader, int]:
     """CIFAR-100 train/test loaders and ``n_data``; with ``is_instance`` train batches are
     ``(images, targets, indices)``."""
     check_options(loader)
     return build_loaders(load_cifar100(data_folder), batch_size=batch_size,
                          num_workers=num_workers, loader=loader, device=device, seed=seed,
-                         is_instance=is_instance, channels_last=channels_last, drop_last=drop_last)
+                         is_instance=is_instance, channels_last=channels_last, drop_last=drop_last,
+                         rank=rank, world_size=world_size)
 
 
 def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k: int = 16384,
@@ -195,7 +196,7 @@ def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, 
                                     percent: float = 1.0, data_folder: str | Path = "./data",
                                     loader: str = "device", device: torch.device | str = "cpu",
                                     seed: int = 0, channels_last: bool = False,
-                             drop_last: bool = False
+                                    drop_last: bool = False, rank: int = 0, world_size: int = 1
                                     ) -> tuple[Loader, Loader, int]:
     """CIFAR-100 loaders for CRD: train batches ``(images, targets, indices, contrast_idx)``
     with ``contrast_idx`` (B, k + 1), see :mod:`dataset.contrast`."""
@@ -203,4 +204,5 @@ def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, 
     check_options(loader, contrast)
     return build_loaders(load_cifar100(data_folder), batch_size=batch_size,
                          num_workers=num_workers, loader=loader, device=device, seed=seed,
-                         contrast=contrast, channels_last=channels_last, drop_last=drop_last)
+                         contrast=contrast, channels_last=channels_last, drop_last=drop_last,
+                         rank=rank, world_size=world_size)

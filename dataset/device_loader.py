@@ -13,6 +13,11 @@ Randomness is reproducible and resumable: epoch ``e`` draws its permutation, cro
 flips from a generator seeded with ``(seed, e, 0)`` and its CRD contrast indices from one
 seeded with ``(seed, e, 1)``. Iterating uses the current epoch and then advances it;
 :meth:`DeviceLoader.set_epoch` picks the epoch explicitly (as ``DistributedSampler`` does).
+
+In a data-parallel run every rank draws the same epoch plan and reads its :class:`Shard` of it
+(:mod:`dataset.sharding`): the ranks' batches of one epoch are disjoint and together the whole
+split, each sample with the crop and flip it gets in a one-process run. Contrast indices still
+index the full training set; rank ``r`` draws them from ``(seed, e, 1, r)``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from dataset.contrast import ContrastSampler
+from dataset.sharding import Shard
 
 Stats = Sequence[float] | Tensor
 
@@ -112,13 +118,15 @@ class DeviceLoader:
         contrast: CRD sampler; implies indices and adds contrast indices.
         channels_last: return batches in ``torch.channels_last`` memory format.
         drop_last: drop the last partial batch.
+        shard: the part of every epoch this process reads (all of it by default).
     """
 
     def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, mean: Stats,
                  std: Stats, shuffle: bool = True, augment: bool = True, flip: bool = True,
                  padding: int = 4, device: torch.device | str = "cpu", seed: int = 0,
                  with_indices: bool = False, contrast: ContrastSampler | None = None,
-                 channels_last: bool = False, drop_last: bool = False) -> None:
+                 channels_last: bool = False, drop_last: bool = False,
+                 shard: Shard = Shard()) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -138,10 +146,11 @@ class DeviceLoader:
         self.contrast = None if contrast is None else contrast.to(self.device)
         self.channels_last = channels_last
         self.drop_last = drop_last
+        self.shard = shard
         self._epoch = 0
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self.shard.size(len(self.labels))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     @property
@@ -159,9 +168,9 @@ class DeviceLoader:
     def load_state_dict(self, state: dict) -> None:
         self.seed, self._epoch = int(state["seed"]), int(state["epoch"])
 
-    def _generator(self, epoch: int, stream: int) -> torch.Generator:
+    def _generator(self, epoch: int, stream: int, *keys: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(derive_seed(self.seed, epoch, stream))
+        gen.manual_seed(derive_seed(self.seed, epoch, stream, *keys))
         return gen
 
     def epoch_plan(self, epoch: int) -> EpochPlan:
@@ -186,7 +195,13 @@ class DeviceLoader:
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, ...]]:
         plan = self.epoch_plan(epoch)
-        contrast_gen = self._generator(epoch, 1) if self.contrast is not None else None
+        contrast_gen = None
+        if self.contrast is not None:
+            rank_key = (self.shard.rank,) if self.shard.world_size > 1 else ()
+            contrast_gen = self._generator(epoch, 1, *rank_key)
+        if self.shard.world_size > 1:  # this rank's positions of the epoch's plan
+            mine = self.shard.positions(len(self.labels), self.device)
+            plan = EpochPlan(plan.order[mine], plan.crop_offsets[mine], plan.flip_mask[mine])
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = plan.order[sl]

@@ -82,14 +82,15 @@ def get_digits_dataloaders(batch_size: int = 64, num_workers: int = 8,
                            is_instance: bool = False, data_folder: str | Path = "./data",
                            loader: str = "device", device: torch.device | str = "cpu",
                            seed: int = 0, channels_last: bool = False,
-                             drop_last: bool = False
+                           drop_last: bool = False, rank: int = 0, world_size: int = 1
                            ) -> tuple[Loader, Loader, int]:
     """Digits train/test loaders and ``n_data`` (``data_folder`` unused: the set ships with
     scikit-learn)."""
     check_options(loader)
     return build_loaders(load_digits_data(), batch_size=batch_size, num_workers=num_workers,
                          loader=loader, device=device, seed=seed, is_instance=is_instance,
-                         channels_last=channels_last, drop_last=drop_last)
+                         channels_last=channels_last, drop_last=drop_last,
+                         rank=rank, world_size=world_size)
 
 
 def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k: int = 16384,
@@ -97,7 +98,7 @@ def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k:
                                   percent: float = 1.0, data_folder: str | Path = "./data",
                                   loader: str = "device", device: torch.device | str = "cpu",
                                   seed: int = 0, channels_last: bool = False,
-                             drop_last: bool = False
+                                  drop_last: bool = False, rank: int = 0, world_size: int = 1
                                   ) -> tuple[Loader, Loader, int]:
     """Digits loaders for CRD. ``k`` is capped silently to :func:`max_negatives` of the training
     split and ``percent`` (see :func:`digits_sample_k`), so negatives are always drawn without
@@ -108,4 +109,5 @@ def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k:
                               is_sample=is_sample, percent=percent)
     return build_loaders(data, batch_size=batch_size, num_workers=num_workers, loader=loader,
                          device=device, seed=seed, contrast=contrast,
-                         channels_last=channels_last, drop_last=drop_last)
+                         channels_last=channels_last, drop_last=drop_last,
+                         rank=rank, world_size=world_size)

@@ -8,15 +8,20 @@ Expected layout::
 Training augmentation is the standard one of He et al. 2016 as implemented by torchvision's
 reference scripts (RandomResizedCrop 224 + horizontal flip); evaluation resizes to 256 and
 centre-crops 224. Both normalize with the ImageNet channel mean and std.
+
+Loaders are :class:`~dataset.torchvision_loader.TorchvisionLoader` objects (``set_epoch``,
+per-epoch reseeding); in a data-parallel run each process reads a ``DistributedSampler`` shard
+of the training set and an exact shard of the validation set.
 """
 from __future__ import annotations
 
 import os
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets, transforms
 
+from dataset.sharding import Shard
+from dataset.torchvision_loader import TorchvisionLoader
 from helper.errors import UserError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -53,17 +58,49 @@ def _image_folder(folder: str, train: bool, instance: bool) -> datasets.ImageFol
         raise UserError(f"no images in {folder} ({err}); expected {LAYOUT}") from None
 
 
-def get_imagenet_dataloaders(data_folder: str, batch_size: int = 256, num_workers: int = 8,
-                             is_instance: bool = False, distributed: bool = False
-                             ) -> tuple[DataLoader, DataLoader, int, int]:
-    """Train and validation loaders for the ImageFolder tree under ``data_folder``.
+def num_imagenet_classes(data_folder: str) -> int:
+    """Number of class folders under ``<data_folder>/train`` (``val`` when there is no
+    ``train``, e.g. for validation only)."""
+    for split in ("train", "val"):
+        folder = os.path.join(data_folder, split)
+        if os.path.isdir(folder):
+            try:
+                return len(datasets.folder.find_classes(folder)[0])
+            except FileNotFoundError as err:
+                raise UserError(f"no class folders in {folder} ({err}); expected {LAYOUT}") from None
+    raise UserError(f"ImageNet folder {os.path.join(data_folder, 'train')} not found; "
+                    f"expected {LAYOUT}")
 
-    Returns ``(train_loader, val_loader, n_data, num_classes)``. With ``is_instance`` the train
-    set yields ``(image, target, index)``. With ``distributed`` (needs an initialised
-    ``torch.distributed`` process group) the train set is split across processes by a
-    :class:`DistributedSampler` — call ``train_loader.sampler.set_epoch(epoch)`` each epoch —
-    while every process evaluates the whole validation set, so metrics are exact (no padding
-    duplicates). ``batch_size`` is per process. Memory is pinned when CUDA is available.
+
+def _loader(dataset, *, shuffle: bool, batch_size: int, num_workers: int, seed: int, shard: Shard,
+            channels_last: bool = False, drop_last: bool = False) -> TorchvisionLoader:
+    return TorchvisionLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                             num_workers=num_workers, seed=seed,
+                             pin_memory=torch.cuda.is_available(), channels_last=channels_last,
+                             drop_last=drop_last, shard=shard, persistent_workers=num_workers > 0)
+
+
+def get_imagenet_val_loader(data_folder: str, batch_size: int = 256, num_workers: int = 8,
+                            rank: int = 0, world_size: int = 1) -> TorchvisionLoader:
+    """The validation split alone (``<data_folder>/val``), in order; an exact shard of it for
+    process ``rank`` of ``world_size``."""
+    val_set = _image_folder(os.path.join(data_folder, "val"), False, False)
+    return _loader(val_set, shuffle=False, batch_size=batch_size, num_workers=num_workers, seed=0,
+                   shard=Shard(rank, world_size, pad=False))
+
+
+def build_imagenet_loaders(data_folder: str, batch_size: int = 256, num_workers: int = 8,
+                           is_instance: bool = False, seed: int = 0, rank: int = 0,
+                           world_size: int = 1, channels_last: bool = False,
+                           drop_last: bool = False
+                           ) -> tuple[TorchvisionLoader, TorchvisionLoader, int, int]:
+    """Train and validation loaders of process ``rank`` of ``world_size``.
+
+    Returns ``(train_loader, val_loader, n_data, num_classes)``: the training set is read
+    through a :class:`~torch.utils.data.DistributedSampler` when ``world_size > 1``
+    (``set_epoch`` on the loader moves it to the next epoch), the validation set in exact,
+    disjoint shards whose metrics add up over the processes (see :mod:`dataset.sharding`).
+    ``batch_size`` is per process; ``n_data`` counts the whole training set.
     """
     train_set = _image_folder(os.path.join(data_folder, "train"), True, is_instance)
     val_set = _image_folder(os.path.join(data_folder, "val"), False, False)
@@ -72,17 +109,47 @@ def get_imagenet_dataloaders(data_folder: str, batch_size: int = 256, num_worker
                         f"those of {os.path.join(data_folder, 'train')} "
                         f"({len(val_set.classes)} vs {len(train_set.classes)} classes); "
                         f"expected {LAYOUT}")
+    common = dict(batch_size=batch_size, num_workers=num_workers, seed=seed,
+                  channels_last=channels_last)
+    train = _loader(train_set, shuffle=True, drop_last=drop_last,
+                    shard=Shard(rank, world_size, pad=True), **common)
+    val = _loader(val_set, shuffle=False, shard=Shard(rank, world_size, pad=False), **common)
+    return train, val, len(train_set), len(train_set.classes)
 
-    train_sampler = None
+
+def get_imagenet_loaders(batch_size: int = 256, num_workers: int = 8, is_instance: bool = False,
+                         data_folder: str = "./data", loader: str = "torchvision",
+                         device: torch.device | str = "cpu", seed: int = 0,
+                         channels_last: bool = False, drop_last: bool = False, rank: int = 0,
+                         world_size: int = 1) -> tuple[TorchvisionLoader, TorchvisionLoader, int]:
+    """``(train, val, n_data)`` with the keywords of the CIFAR loaders (for
+    :func:`dataset.get_dataloaders`); JPEG folders are read by the torchvision loader only."""
+    if loader != "torchvision":
+        raise UserError(f"--dataset imagenet reads JPEG folders with the torchvision loader, not "
+                        f"--loader {loader}; leave --loader out or pass --loader torchvision")
+    train, val, n_data, _ = build_imagenet_loaders(
+        str(data_folder), batch_size=batch_size, num_workers=num_workers, is_instance=is_instance,
+        seed=seed, rank=rank, world_size=world_size, channels_last=channels_last,
+        drop_last=drop_last)
+    return train, val, n_data
+
+
+def get_imagenet_dataloaders(data_folder: str, batch_size: int = 256, num_workers: int = 8,
+                             is_instance: bool = False, distributed: bool = False
+                             ) -> tuple[TorchvisionLoader, TorchvisionLoader, int, int]:
+    """Train and validation loaders for the ImageFolder tree under ``data_folder``.
+
+    Returns ``(train_loader, val_loader, n_data, num_classes)``. With ``is_instance`` the train
+    set yields ``(image, target, index)``. With ``distributed`` (needs an initialised
+    ``torch.distributed`` process group; rank and world size are read from it) see
+    :func:`build_imagenet_loaders`. ``batch_size`` is per process. Memory is pinned when CUDA is
+    available.
+    """
+    rank, world_size = 0, 1
     if distributed:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise UserError("distributed ImageNet loading needs torch.distributed to be "
                             "initialised first (launch with torchrun)")
-        train_sampler = DistributedSampler(train_set, shuffle=True)
-
-    common = {"batch_size": batch_size, "num_workers": num_workers,
-              "pin_memory": torch.cuda.is_available(), "persistent_workers": num_workers > 0}
-    train_loader = DataLoader(train_set, shuffle=train_sampler is None, sampler=train_sampler,
-                              **common)
-    val_loader = DataLoader(val_set, shuffle=False, **common)
-    return train_loader, val_loader, len(train_set), len(train_set.classes)
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return build_imagenet_loaders(data_folder, batch_size=batch_size, num_workers=num_workers,
+                                  is_instance=is_instance, rank=rank, world_size=world_size)

@@ -3,7 +3,9 @@
 ``loader='device'`` (default): :class:`dataset.device_loader.DeviceLoader`, data on the
 training device, batched augmentation. ``loader='torchvision'``: the classic PIL + torchvision
 ``DataLoader`` path of the CRD code. Both give the same augmentation distribution, the same
-number of batches and the same item layouts.
+number of batches and the same item layouts. With ``world_size > 1`` each process (``rank``)
+reads its shard of every training epoch (padded to equal sizes) and an exact shard of the test
+split (:mod:`dataset.sharding`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from torch import Tensor
 
 from dataset.contrast import CONTRAST_MODES, ContrastSampler
 from dataset.device_loader import DeviceLoader
+from dataset.sharding import Shard
 from dataset.torchvision_loader import (ArrayImageDataset, TorchvisionLoader, test_transform,
                                         train_transform)
 from helper.errors import UserError
@@ -66,13 +69,15 @@ def check_options(loader: str, contrast: ContrastConfig | None = None) -> None:
 def build_loaders(data: ImageData, *, batch_size: int, num_workers: int,
                   loader: str = "device", device: torch.device | str = "cpu", seed: int = 0,
                   is_instance: bool = False, contrast: ContrastConfig | None = None,
-                  channels_last: bool = False, drop_last: bool = False
-                  ) -> tuple[Loader, Loader, int]:
+                  channels_last: bool = False, drop_last: bool = False, rank: int = 0,
+                  world_size: int = 1) -> tuple[Loader, Loader, int]:
     """Train and test loaders of ``data`` and the number of training samples.
 
     The test loader uses ``batch_size // 2`` and ``num_workers // 2`` as the original code.
     Train items: ``(x, y)``, ``(x, y, index)`` with ``is_instance`` or ``contrast`` without
-    ``is_sample``, ``(x, y, index, contrast_idx)`` with ``contrast.is_sample``.
+    ``is_sample``, ``(x, y, index, contrast_idx)`` with ``contrast.is_sample``; indices (and
+    contrast indices) always refer to the whole training split. ``batch_size`` is per process;
+    ``n_data`` is the size of the whole training split.
     """
     check_options(loader, contrast)
     if batch_size < 1:
@@ -84,14 +89,18 @@ def build_loaders(data: ImageData, *, batch_size: int, num_workers: int,
     with_index = is_instance or contrast is not None
     test_bs = max(1, batch_size // 2)
     n_data = len(data.train_labels)
+    train_shard = Shard(rank, world_size, pad=True)
+    test_shard = Shard(rank, world_size, pad=False)
     if loader == "device":
         common = dict(mean=data.mean, std=data.std, device=device, seed=seed,
                       channels_last=channels_last, padding=data.padding)
         train = DeviceLoader(to_nchw(data.train_images), torch.from_numpy(data.train_labels),
                              batch_size=batch_size, shuffle=True, augment=True, flip=data.flip,
-                             with_indices=with_index, contrast=sampler, drop_last=drop_last, **common)
+                             with_indices=with_index, contrast=sampler, drop_last=drop_last,
+                             shard=train_shard, **common)
         test = DeviceLoader(to_nchw(data.test_images), torch.from_numpy(data.test_labels),
-                            batch_size=test_bs, shuffle=False, augment=False, **common)
+                            batch_size=test_bs, shuffle=False, augment=False, shard=test_shard,
+                            **common)
         return train, test, n_data
     pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
     size = data.train_images.shape[1]
@@ -103,8 +112,8 @@ def build_loaders(data: ImageData, *, batch_size: int, num_workers: int,
                                  test_transform(data.mean, data.std))
     train = TorchvisionLoader(train_set, batch_size=batch_size, shuffle=True,
                               num_workers=num_workers, seed=seed, pin_memory=pin,
-                              channels_last=channels_last, drop_last=drop_last)
+                              channels_last=channels_last, drop_last=drop_last, shard=train_shard)
     test = TorchvisionLoader(test_set, batch_size=test_bs, shuffle=False,
                              num_workers=num_workers // 2, seed=seed, pin_memory=pin,
-                             channels_last=channels_last)
+                             channels_last=channels_last, shard=test_shard)
     return train, test, n_data

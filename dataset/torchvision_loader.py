@@ -7,6 +7,11 @@ al., CRD, ICLR 2020) over in-memory arrays, so it serves any of our image sets. 
 the workers' seeds come from a generator reseeded per epoch from ``(seed, epoch)``; per-sample
 crops, flips and contrast draws use torch's global RNG as the original did (seeded per worker
 by the DataLoader, so runs with ``num_workers > 0`` are reproducible).
+
+In a data-parallel run (a :class:`~dataset.sharding.Shard` of several ranks) a shuffled split is
+read through a :class:`~torch.utils.data.DistributedSampler` (seeded with ``seed``, moved to
+each epoch by ``set_epoch``; padded to equal shards) and an unshuffled one through an exact
+:class:`~dataset.sharding.ShardSampler`; the workers' seeds then also depend on the rank.
 """
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
 from dataset.contrast import ContrastSampler
 from dataset.device_loader import derive_seed
+from dataset.sharding import Shard, ShardSampler
 
 
 def train_transform(mean: Sequence[float], std: Sequence[float], flip: bool = True,
@@ -74,18 +80,28 @@ class TorchvisionLoader:
     :class:`dataset.device_loader.DeviceLoader`: ``len()``, ``.dataset``, ``.batch_size``.
 
     Batches are CPU tensors (pinned when ``pin_memory``); the training loop moves them.
+    ``shard`` selects this process's part of the data set (see the module doc).
     """
 
     def __init__(self, dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int,
                  seed: int = 0, pin_memory: bool = False, channels_last: bool = False,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, shard: Shard = Shard(),
+                 persistent_workers: bool = False) -> None:
         self.seed = int(seed)
         self._epoch = 0
         self._generator = torch.Generator()
         self.channels_last = channels_last
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+        self.shard = shard
+        sampler: Sampler | None = None
+        if shard.world_size > 1:
+            sampler = (DistributedSampler(dataset, num_replicas=shard.world_size, rank=shard.rank,
+                                          shuffle=True, seed=self.seed) if shuffle
+                       else ShardSampler(len(dataset), shard))
+        self.loader = DataLoader(dataset, batch_size=batch_size,
+                                 shuffle=shuffle and sampler is None, sampler=sampler,
                                  num_workers=num_workers, pin_memory=pin_memory,
-                                 drop_last=drop_last, generator=self._generator)
+                                 drop_last=drop_last, generator=self._generator,
+                                 persistent_workers=persistent_workers and num_workers > 0)
 
     @property
     def dataset(self) -> Dataset:
@@ -94,6 +110,10 @@ class TorchvisionLoader:
     @property
     def batch_size(self) -> int:
         return self.loader.batch_size
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.loader.sampler
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -112,7 +132,10 @@ class TorchvisionLoader:
         self.seed, self._epoch = int(state["seed"]), int(state["epoch"])
 
     def __iter__(self) -> Iterator:
-        self._generator.manual_seed(derive_seed(self.seed, self._epoch, 0))
+        rank_key = (self.shard.rank,) if self.shard.world_size > 1 else ()
+        self._generator.manual_seed(derive_seed(self.seed, self._epoch, 0, *rank_key))
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(self._epoch)
         self._epoch += 1
         if not self.channels_last:
             return iter(self.loader)

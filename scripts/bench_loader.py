@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.cifar100 import get_cifar100_dataloaders  # noqa: E402
-from tests.cifar_fixtures import write_fake_cifar100  # noqa: E402
+from dataset.synthetic import write_fake_cifar100  # noqa: E402
 
 
 def images_per_second(loader, device: torch.device, min_seconds: float) -> float:

@@ -6,8 +6,8 @@
 4. validate the train form and the deploy form (``validation.py``),
 then print a small results table. Outputs go under ``./save/`` like any run.
 
-Usage: python scripts/quickstart.py [--teacher resnet32] [--student represnet20]
-                                    [--teacher_epochs 12] [--student_epochs 10]
+Usage: python scripts/quickstart.py [--teacher resnet20] [--student represnet8]
+                                    [--teacher_epochs 8] [--student_epochs 8]
 """
 from __future__ import annotations
 
@@ -44,10 +44,10 @@ def last_accuracy(output: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="resnet32")
-    parser.add_argument("--student", default="represnet20")
-    parser.add_argument("--teacher_epochs", type=int, default=12)
-    parser.add_argument("--student_epochs", type=int, default=10)
+    parser.add_argument("--teacher", default="resnet20")
+    parser.add_argument("--student", default="represnet8")
+    parser.add_argument("--teacher_epochs", type=int, default=8)
+    parser.add_argument("--student_epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     opt = parser.parse_args()
     common = ["--dataset", "digits", "--seed", str(opt.seed), "--print_freq", "1000"]

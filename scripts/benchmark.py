@@ -1,0 +1,180 @@
+"""Training-step throughput of the classic path versus the fast path, in one process.
+
+    python scripts/benchmark.py --teacher resnet110 --student represnet20 --distill kdrefine \\
+        [--device cpu|cuda] [--steps N] [--json] [--amp] [--compile] [--data_folder DIR]
+
+* classic: the CRD/KDrefine way — torchvision DataLoader (PIL transforms), separate branches in
+  every rep block, fp32, eager, NCHW;
+* fast: this project's defaults — device-resident data with batched augmentation, fused branch
+  training where it pays (``fused="auto"``: on accelerators), channels_last on CUDA, teacher
+  under inference mode computing only what the method reads — plus ``--amp``/``--compile``.
+
+Both run the real ``train_student.py`` step (:class:`helper.distill.DistillStep` inside
+:func:`helper.loops.train_epoch`) on the same models, over generated CIFAR-100-format files when
+no ``--data_folder`` is given (teacher and student are randomly initialized: speed does not
+depend on the weights). Prints images/s of each, their ratio, the projected time of a 240-epoch
+CIFAR-100 run (50,000 images per epoch, training steps only) and peak memory; ``--json`` prints
+one JSON object instead.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
+from dataset.synthetic import write_fake_cifar100  # noqa: E402
+from distiller_zoo import build_method, get_method, method_names  # noqa: E402
+from helper.distill import DistillStep, freeze, loss_weights  # noqa: E402
+from helper.errors import exit_on_user_error  # noqa: E402
+from helper.loops import train_epoch  # noqa: E402
+from helper.trainer import make_optimizer  # noqa: E402
+from helper.util import resolve_device  # noqa: E402
+from models import build_model, check_model_name, is_rep_model  # noqa: E402
+
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+def parse_option(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="resnet110")
+    parser.add_argument("--student", default="represnet20")
+    parser.add_argument("--distill", default="kdrefine", choices=method_names())
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per path")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per path (compilation)")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--data_folder", default=None,
+                        help="folder with cifar-100-python/ (default: generated files)")
+    parser.add_argument("--n_train", type=int, default=10_000, help="size of the generated train set")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="classic DataLoader workers (default: 0 on CPU, 4 on CUDA)")
+    parser.add_argument("--amp", action="store_true", help="fast path: bf16 autocast")
+    parser.add_argument("--compile", action="store_true", help="fast path: torch.compile")
+    parser.add_argument("--skip_classic", action="store_true", help="measure the fast path only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    opt = parser.parse_args(argv)
+    check_model_name(opt.teacher, "--teacher")
+    check_model_name(opt.student, "--student")
+    return opt
+
+
+def method_options(opt) -> SimpleNamespace:
+    """train_student.py's defaults for what methods read."""
+    return SimpleNamespace(kd_T=4.0, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5, mode="exact",
+                           hint_layer=2, logit_stand=False, init_epochs=30, epochs=240,
+                           batch_size=opt.batch_size, gamma=0.1, alpha=0.9, beta=0.0,
+                           learning_rate=0.05, momentum=0.9, weight_decay=5e-4, model_s=opt.student)
+
+
+def run_path(opt, data_folder: str, device: torch.device, fast: bool) -> dict:
+    """Build loaders, models, method and optimizer for one path; time ``opt.steps`` steps."""
+    torch.manual_seed(0)
+    channels_last = fast and device.type == "cuda"
+    workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
+    method_cls = get_method(opt.distill)
+    mopt = method_options(opt)
+    loader_kw = dict(batch_size=opt.batch_size, num_workers=workers, data_folder=data_folder,
+                     loader="device" if fast else "torchvision", device=device, seed=0,
+                     channels_last=channels_last, drop_last=True)
+    if method_cls.needs_index:
+        train_loader, _, n_data = get_sample_dataloaders("cifar100", k=mopt.nce_k, **loader_kw)
+    else:
+        train_loader, _, n_data = get_dataloaders("cifar100", **loader_kw)
+    n_cls = num_classes("cifar100")
+    teacher = freeze(build_model(opt.teacher, num_classes=n_cls).to(device))
+    extra = {"fused": "auto" if fast else False} if is_rep_model(opt.student) else {}
+    student = build_model(opt.student, num_classes=n_cls, **extra).to(device)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
+    probe = torch.randn(2, 3, 32, 32, device=device)
+    student.eval()
+    with torch.no_grad():
+        feat_s, _ = student(probe, is_feat=True, preact=method_cls.needs_preact)
+        feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.needs_preact)
+    method = build_method(opt.distill, mopt, student, teacher, feat_s, feat_t, n_data).to(device)
+    optimizer = make_optimizer([p for m in [student, *method.trainable_modules()]
+                                for p in m.parameters()], mopt)
+    step = DistillStep(student, teacher, method, loss_weights(mopt),
+                       compile=fast and opt.compile, device=device)
+    amp = fast and opt.amp
+
+    def batches(n: int):
+        return itertools.islice(itertools.chain.from_iterable(itertools.repeat(train_loader)), n)
+
+    def timed(n: int) -> float:
+        start = time.perf_counter()
+        train_epoch([student, method], batches(n), optimizer, step, device, epoch=1, print_freq=0,
+                    amp=amp, channels_last=channels_last, desc="fast" if fast else "classic")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timed(opt.warmup)
+    seconds = timed(opt.steps)
+    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"img_s": opt.steps * opt.batch_size / seconds, "peak_mem_mb": peak}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@exit_on_user_error
+def main(argv=None) -> dict:
+    opt = parse_option(argv)
+    device = resolve_device(opt.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_folder = opt.data_folder
+        if data_folder is None:
+            data_folder = tmp
+            write_fake_cifar100(tmp, n_train=opt.n_train, n_test=100, seed=0)
+        classic = None if opt.skip_classic else run_path(opt, data_folder, device, fast=False)
+        fast = run_path(opt, data_folder, device, fast=True)
+    result = {
+        "device": device_name(device),
+        "classic_img_s": round(classic["img_s"], 1) if classic else None,
+        "fast_img_s": round(fast["img_s"], 1),
+        "ratio": round(fast["img_s"] / classic["img_s"], 2) if classic else None,
+        "projected_240_epochs_s": round(240 * CIFAR_TRAIN_IMAGES / fast["img_s"], 1),
+        "peak_mem_mb": round(fast["peak_mem_mb"], 1),
+        "config": {"teacher": opt.teacher, "student": opt.student, "distill": opt.distill,
+                   "batch_size": opt.batch_size, "steps": opt.steps, "amp": opt.amp,
+                   "compile": opt.compile},
+    }
+    if opt.json:
+        print(json.dumps(result))
+        return result
+    print(f"{opt.teacher} -> {opt.student} ({opt.distill}), batch {opt.batch_size}, "
+          f"{opt.steps} timed steps, device {result['device']}")
+    if classic:
+        print(f"classic path (torchvision loader, separate branches, fp32, eager): "
+              f"{classic['img_s']:10.1f} img/s")
+    flags = " ".join(f for f, on in (("--amp", opt.amp), ("--compile", opt.compile)) if on)
+    print(f"fast path (defaults{(' + ' + flags) if flags else ''}): {fast['img_s']:10.1f} img/s")
+    if classic:
+        print(f"speed-up: {result['ratio']:.2f}x")
+    print(f"projected 240-epoch CIFAR-100 run (training steps): {result['projected_240_epochs_s'] / 60:.1f} min")
+    print(f"peak memory: {result['peak_mem_mb']:.0f} MB"
+          + (" (process RSS)" if device.type == "cpu" else " (CUDA, fast path)"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
