@@ -15,14 +15,15 @@ import argparse
 from helper.checkpoint import save_checkpoint
 from helper.errors import UserError, exit_on_user_error
 from helper.model_io import count_parameters, load_model_from_file
-from models import BLOCK_TYPES, is_rep_model, reparameterize_model
+from models import BLOCK_TYPES, reparameterize_model, zoo_of
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Convert a train-form rep student to deploy form.")
     parser.add_argument("--load", required=True, help="train-form checkpoint (.pth or .hdf5)")
     parser.add_argument("--save", required=True, help="where to write the deploy state dict")
-    parser.add_argument("-a", "--arch", required=True, help="architecture, e.g. represnet20")
+    parser.add_argument("-a", "--arch", required=True,
+                        help="architecture, e.g. represnet20 (CIFAR) or represnet18 (ImageNet)")
     parser.add_argument("-t", "--blocktype", default="AMBB", choices=list(BLOCK_TYPES),
                         help="training-time block the checkpoint was trained with")
     return parser.parse_args(argv)
@@ -31,10 +32,12 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     opt = parse_option(argv)
-    if not is_rep_model(opt.arch):
+    zoo = zoo_of(opt.arch)
+    if not zoo.is_rep(opt.arch):
         raise UserError(f"-a {opt.arch} has no deploy form; convert.py takes a re-parameterizable "
-                        f"student (represnet20, repvgg8, ...)")
-    model, _ = load_model_from_file(opt.load, opt.arch, deploy=False, blocktype=opt.blocktype)
+                        f"student (represnet20, repvgg8, ..., or ImageNet's represnet18)")
+    model, _ = load_model_from_file(opt.load, opt.arch, deploy=False, blocktype=opt.blocktype,
+                                    zoo=zoo)
     before = count_parameters(model)
     reparameterize_model(model.eval())
     save_checkpoint(model.state_dict(), opt.save)

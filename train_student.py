@@ -10,10 +10,15 @@ weighting). Outputs (relative to the current directory):
 ``save/student_model/S_<s>_T_<t>_<dataset>_<distill>_r_<r>_a_<a>_b_<b>_<trial>/`` with
 ``<s>_last.pth``, ``<s>_best.pth`` and ``test_last_metrics.json``; TensorBoard scalars in
 ``save/student_tensorboards/<same name>/``.
+
+Under ``torchrun --nproc_per_node=N`` every process distills on its shard of the data: student
+and method are wrapped together in one DistributedDataParallel, the teacher stays outside it,
+frozen; rank 0 alone prints and writes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 import torch
@@ -21,22 +26,24 @@ import torch
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes, sample_k
 from distiller_zoo import build_method, get_method, method_names
 from helper.checkpoint import extract_state_dict, load_checkpoint, load_weights, num_classes_from_state_dict
-from helper.distill import DistillStep, InitStep, freeze, loss_weights
+from helper.distill import DistillStep, InitStep, freeze, loss_weights, set_trainable, trainable_only
+from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
 from helper.loops import train_epoch, validate
 from helper.naming import student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
-from helper.trainer import Progress, Run, fit, make_optimizer, resume, write_json_atomic
-from helper.util import resolve_device, set_seed
-from models import BLOCK_TYPES, build_model, check_model_name, model_dict
+from helper.trainer import Progress, Run, fit, make_optimizer, place_model, resume, write_json_atomic
+from helper.util import set_seed
+from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Distill a student network from a teacher.")
     group = parser.add_argument_group("models")
     group.add_argument("--path_t", type=str, default=None, help="teacher checkpoint (.pth)")
-    group.add_argument("--model_s", type=str, default="represnet20", help=f"one of: {', '.join(model_dict)}")
+    group.add_argument("--model_s", type=str, default="represnet20",
+                       help=f"CIFAR: {', '.join(model_dict)}; ImageNet: {', '.join(imagenet_model_dict)}")
     group.add_argument("-t", "--blocktype", type=str, default="AMBB", choices=list(BLOCK_TYPES),
                        help="training-time block of re-parameterizable students")
     group = parser.add_argument_group("distillation")
@@ -60,36 +67,44 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_flags(parser)
     add_run_flags(parser)
     opt = parser.parse_args(argv)
-    check_model_name(opt.model_s, "--model_s")
+    zoo_for(opt.dataset).check_name(opt.model_s, "--model_s")
     if not opt.path_t:
         raise UserError("--path_t is required: the teacher checkpoint, e.g. "
                         "save/models/resnet110_vanilla/ckpt_epoch_240.pth")
-    finalize_optimization(opt, opt.model_s)
+    finalize_optimization(opt, opt.model_s, env_world_size())
     return opt
 
 
-def load_teacher(path: str, dataset: str, device: torch.device):
+def load_teacher(path: str, dataset: str, device: torch.device, data_folder: str = "./data"):
     """The teacher named by ``path`` ('arch' entry, else its RepDistiller folder name), frozen."""
+    zoo = zoo_for(dataset)
     ckpt = load_checkpoint(path)
     arch = ckpt.get("arch") if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str) else None
-    arch = arch or teacher_arch_from_path(path, list(model_dict))
-    check_model_name(arch, "--path_t (teacher architecture)")
+    arch = arch or teacher_arch_from_path(path, list(zoo.models))
+    zoo.check_name(arch, "--path_t (teacher architecture)")
     state = extract_state_dict(ckpt, path)
     n_cls = num_classes_from_state_dict(state, path)
-    if n_cls != num_classes(dataset):
+    expected = num_classes(dataset, data_folder)
+    if n_cls != expected:
         raise UserError(f"{path} is a {n_cls}-class teacher but --dataset {dataset} has "
-                        f"{num_classes(dataset)} classes")
-    teacher = load_weights(build_model(arch, num_classes=n_cls), state, path, arch)
+                        f"{expected} classes")
+    teacher = load_weights(zoo.build(arch, num_classes=n_cls), state, path, arch)
     return arch, freeze(teacher.to(device))
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     opt = parse_option(argv)
+    with distributed(opt.device) as dist:
+        return distill(opt, dist)
+
+
+def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
+    """Distill in this process (one of several under torchrun); returns the last test metrics."""
     set_seed(opt.seed)
-    device = resolve_device(opt.device)
+    device = dist.device
     finalize_device(opt, device)
-    opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device)
+    opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder)
     opt.model_name = student_run_name(opt)
     opt.save_folder = os.path.join("save", "student_model", opt.model_name)
     opt.tb_folder = os.path.join("save", "student_tensorboards", opt.model_name)
@@ -98,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
                      data_folder=opt.data_folder, loader=opt.loader, device=device,
                      seed=opt.seed or 0, drop_last=method_cls.needs_full_batches,
-                     channels_last=opt.channels_last)
+                     channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
     if method_cls.needs_index:
         opt.nce_k = sample_k(opt.dataset, opt.nce_k)  # digits caps k to its small training split
         train_loader, test_loader, n_data = get_sample_dataloaders(
@@ -106,13 +121,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         train_loader, test_loader, n_data = get_dataloaders(opt.dataset, **loader_kw)
 
-    teacher_acc = validate(teacher, test_loader, device)["acc"]
+    teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
     print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
 
-    student = build_model(opt.model_s, num_classes=num_classes(opt.dataset),
-                          blocktype=opt.blocktype).to(device)
+    student = zoo_for(opt.dataset).build(opt.model_s, num_classes=num_classes(opt.dataset, opt.data_folder),
+                                         blocktype=opt.blocktype)
+    student = place_model(student, opt, dist)
     if opt.channels_last:
-        student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
     probe = next(iter(test_loader))[0][:2].to(device).float()
     student.eval()
@@ -120,50 +135,58 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         feat_s, _ = student(probe, is_feat=True, preact=method_cls.needs_preact)
         feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.needs_preact)
     method = build_method(opt.distill, opt, student, teacher, feat_s, feat_t, n_data).to(device)
+    dist.enable_sync(method)
 
     trainable = [student] + list(method.trainable_modules())
     optimizer = make_optimizer((p for m in trainable for p in m.parameters()), opt)
-    step = DistillStep(student, teacher, method, loss_weights(opt), compile=opt.compile, device=device)
+    if not opt.resume and method.has_init_stage and opt.init_epochs > 0:
+        run_init_stage(opt, student, teacher, method, train_loader, device, dist)
+    set_trainable([method], method.trainable_modules())  # the rest of the method is idle now
+    step = DistillStep(student, teacher, method, loss_weights(opt), compile=opt.compile,
+                       device=device, dist=dist)
     run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=[student, method],
               eval_model=student, optimizer=optimizer, compute_loss=step,
               state_modules={"model": student, "method": method},
               extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t},
               on_epoch_start=lambda epoch: setattr(step, "epoch", epoch))
-
     progress = Progress()
     if opt.resume:
         progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
-    elif method.has_init_stage and opt.init_epochs > 0:
-        run_init_stage(opt, student, teacher, method, train_loader, device)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    os.makedirs(opt.save_folder, exist_ok=True)
-    with SummaryWriter(opt.tb_folder) as writer:
+    if dist.is_main:
+        os.makedirs(opt.save_folder, exist_ok=True)
+    with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
         print(f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
-              f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs on {device}; "
+              f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs on {device}"
+              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; "
               f"saving to {opt.save_folder}")
-        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.distill)
-    if last:
+        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.distill,
+                   dist=dist)
+    if last and dist.is_main:
         write_json_atomic(os.path.join(opt.save_folder, "test_last_metrics.json"), last)
     print(f"best accuracy: {progress.best_acc:.2f}")
     return last
 
 
-def run_init_stage(opt, student, teacher, method, train_loader, device) -> None:
-    """First stage of AB/FT/FSP: train the method's init modules with the student in eval mode."""
+def run_init_stage(opt, student, teacher, method, train_loader, device,
+                   dist: DistContext | None = None) -> None:
+    """First stage of AB/FT/FSP: train the method's init modules with the student in eval mode
+    (the other parameters frozen meanwhile, so that DDP averages exactly the init modules')."""
     modules = list(method.init_modules(student))
     params = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=method.init_learning_rate(opt), momentum=opt.momentum,
                                 weight_decay=opt.weight_decay, foreach=True)
-    step = InitStep(student, teacher, method)
-    for epoch in range(1, opt.init_epochs + 1):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        student.eval()  # the init modules (possibly parts of the student) are put in train mode
-        stats = train_epoch(modules, train_loader, optimizer, step, device, epoch,
-                            print_freq=opt.print_freq, desc=f"{opt.distill} init")
-        print(f"init epoch {epoch:3d}/{opt.init_epochs} | loss {stats['loss']:.4f}", flush=True)
+    with trainable_only([student, method], modules):
+        step = InitStep(student, teacher, method, dist=dist)
+        for epoch in range(1, opt.init_epochs + 1):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            student.eval()  # the init modules (possibly parts of the student) are put in train mode
+            stats = train_epoch(modules, train_loader, optimizer, step, device, epoch,
+                                print_freq=opt.print_freq, desc=f"{opt.distill} init", dist=dist)
+            print(f"init epoch {epoch:3d}/{opt.init_epochs} | loss {stats['loss']:.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,42 +4,47 @@ Example::
 
     python train_teacher.py --model resnet32x4
     python train_teacher.py --model resnet20 --dataset digits --epochs 10 --lr_decay_epochs 6,8
+    torchrun --nproc_per_node=8 train_teacher.py --model resnet34 --dataset imagenet \
+        --data_folder /data/imagenet
 
 Outputs (relative to the current directory):
 ``save/models/<model>_<dataset>_lr_<lr>_decay_<wd>_trial_<trial>/`` with ``ckpt_epoch_<N>.pth``
 (every ``--save_freq`` epochs and at the final epoch), ``<model>_best.pth`` and
 ``<model>_last.pth``; TensorBoard scalars in ``save/teacher_tensorboards/<same name>/``.
+``<lr>`` is the learning rate of one process; under torchrun rank 0 alone writes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
-import torch
 import torch.nn.functional as F
 
 from dataset import get_dataloaders, num_classes
-from helper.errors import exit_on_user_error
 from helper.distill import compile_fn
+from helper.distributed import DistContext, distributed, env_world_size
+from helper.errors import exit_on_user_error
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
-from helper.trainer import Progress, Run, fit, make_optimizer, resume
-from helper.util import resolve_device, set_seed
-from models import build_model, check_model_name, model_dict
+from helper.trainer import Progress, Run, fit, make_optimizer, place_model, resume
+from helper.util import set_seed
+from models import imagenet_model_dict, model_dict, zoo_for
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train a teacher network.")
-    parser.add_argument("--model", type=str, default="resnet110", help=f"one of: {', '.join(model_dict)}")
+    parser.add_argument("--model", type=str, default="resnet110",
+                        help=f"CIFAR: {', '.join(model_dict)}; ImageNet: {', '.join(imagenet_model_dict)}")
     parser.add_argument("--trial", type=str, default="0", help="the experiment id")
     parser.add_argument("--save_freq", type=int, default=40, help="save ckpt_epoch_<N>.pth every N epochs")
     add_optimization_flags(parser)
     add_data_flags(parser)
     add_run_flags(parser)
     opt = parser.parse_args(argv)
-    check_model_name(opt.model)
-    finalize_optimization(opt, opt.model)
-    opt.model_name = (f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"
+    zoo_for(opt.dataset).check_name(opt.model, "--model")
+    finalize_optimization(opt, opt.model, env_world_size())
+    opt.model_name = (f"{opt.model}_{opt.dataset}_lr_{opt.base_learning_rate}_decay_{opt.weight_decay}"
                       f"_trial_{opt.trial}")
     opt.save_folder = os.path.join("save", "models", opt.model_name)
     opt.tb_folder = os.path.join("save", "teacher_tensorboards", opt.model_name)
@@ -49,20 +54,27 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     opt = parse_option(argv)
+    with distributed(opt.device) as dist:
+        return train(opt, dist)
+
+
+def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
+    """Train the teacher in this process (one of several under torchrun); returns the last test
+    metrics."""
     set_seed(opt.seed)
-    device = resolve_device(opt.device)
+    device = dist.device
     finalize_device(opt, device)
     train_loader, test_loader, _ = get_dataloaders(
         opt.dataset, batch_size=opt.batch_size, num_workers=opt.num_workers,
         data_folder=opt.data_folder, loader=opt.loader, device=device, seed=opt.seed or 0,
-        channels_last=opt.channels_last)
-    model = build_model(opt.model, num_classes=num_classes(opt.dataset)).to(device)
-    if opt.channels_last:
-        model.to(memory_format=torch.channels_last)
+        channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
+    model = zoo_for(opt.dataset).build(opt.model, num_classes=num_classes(opt.dataset, opt.data_folder))
+    model = place_model(model, opt, dist)
     optimizer = make_optimizer(model.parameters(), opt)
+    trained = dist.wrap(model)
 
     def forward_loss(images, target):
-        logits = model(images)
+        logits = trained(images)
         return F.cross_entropy(logits, target), logits
 
     step = compile_fn(forward_loss, device) if opt.compile else forward_loss
@@ -79,11 +91,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from torch.utils.tensorboard import SummaryWriter
 
-    os.makedirs(opt.save_folder, exist_ok=True)
-    with SummaryWriter(opt.tb_folder) as writer:
-        print(f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs on {device}; "
+    if dist.is_main:
+        os.makedirs(opt.save_folder, exist_ok=True)
+    with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
+        print(f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs on {device}"
+              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; "
               f"saving to {opt.save_folder}")
-        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.model)
+        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.model,
+                   dist=dist)
     print(f"best accuracy: {progress.best_acc:.2f}")
     return last
 

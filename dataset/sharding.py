@@ -43,7 +43,8 @@ class Shard:
     def positions(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """The positions (into an epoch order of length ``n``) this rank reads, int64."""
         total = self.size(n) * self.world_size if self.pad else n
-        return torch.arange(self.rank, total, self.world_size, device=device) % max(n, 1)
+        start = min(self.rank, total)  # an empty shard when there are fewer positions than ranks
+        return torch.arange(start, total, self.world_size, device=device) % max(n, 1)
 
 
 class ShardSampler(Sampler[int]):

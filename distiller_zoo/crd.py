@@ -73,12 +73,18 @@ class ContrastMemory(nn.Module):
       dtype change, never per step); printing the value costs one host read on that call only.
       A Z reset by writing the buffer directly (without ``load_state_dict``) is re-estimated
       silently.
+
+    In a data-parallel run, ``dist_context`` (set by
+    :meth:`helper.distributed.DistContext.enable_sync`) makes every process apply the memory
+    updates of all processes' batches, in rank order, and take Z from the mean of their
+    estimates, so the banks stay the same everywhere; None (the default) keeps it local.
     """
 
     def __init__(self, input_size: int, output_size: int, K: int, T: float = 0.07,
                  momentum: float = 0.5) -> None:
         super().__init__()
         self.n_lem = output_size
+        self.dist_context = None  # a helper.distributed.DistContext: share updates across processes
         self.multinomial = AliasSampler(torch.ones(output_size))
         self.register_buffer("params", torch.tensor([K, T, -1, -1, momentum]))
         # host mirror of the buffer, built on the CPU so a default device (cuda, meta) costs no read
@@ -129,6 +135,9 @@ class ContrastMemory(nn.Module):
         tensor (so later in-place writes to the buffer never touch a saved autograd input)."""
         z = self.params[2:4]
         estimate = torch.stack((out_v1.mean(), out_v2.mean())) * self.memory_v1.size(0)
+        if self.dist_context is not None and (self._announce_z[0] or self._announce_z[1]):
+            # the host flags are the same on every process: all of them take part
+            estimate = self.dist_context.all_reduce_sum(estimate) / self.dist_context.world_size
         z_new = torch.where(z < 0, estimate.to(z.dtype), z)
         z.copy_(z_new)
         if self._announce_z[0] or self._announce_z[1]:
@@ -157,6 +166,9 @@ class ContrastMemory(nn.Module):
         z = self._normalizers(out_v1, out_v2)
         out_v1 = torch.div(out_v1, z[0]).contiguous()
         out_v2 = torch.div(out_v2, z[1]).contiguous()
+        if self.dist_context is not None:  # every process's rows, in rank order
+            gather = self.dist_context.all_gather
+            y, v1, v2 = gather(y.view(-1)), gather(v1.detach()), gather(v2.detach())
         self._update(self.memory_v1, y, v1, momentum)
         self._update(self.memory_v2, y, v2, momentum)
         return out_v1, out_v2

@@ -44,9 +44,10 @@ class MLPEmbed(nn.Module):
         self.linear2 = nn.Linear(2 * dim_out, dim_out)
         self.l2norm = Normalize(2)
         # Never called, as in the original; kept so parameters and their init order match.
+        # Frozen: it never gets a gradient (so data-parallel training need not look for it).
         self.regressor = nn.Sequential(nn.Linear(dim_in, 2 * dim_out), self.l2norm,
                                        nn.ReLU(inplace=True), nn.Linear(2 * dim_out, dim_out),
-                                       self.l2norm)
+                                       self.l2norm).requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.linear1(x.view(x.shape[0], -1)))

@@ -181,7 +181,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
                          np_state["has_gauss"], np_state["cached_gaussian"]))
     random.setstate(_python_rng_from_tensor(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # as many devices as both machines have (a resumed run may see another GPU count)
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _python_rng_to_tensor(state: tuple) -> dict[str, Any]:

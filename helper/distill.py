@@ -2,14 +2,21 @@
 
 The loop weights the method's named loss terms with ``-r/--gamma`` (``cls``), ``-a/--alpha``
 (``div``) and ``-b/--beta`` (``kd``) and sums them; it never branches on the method's name.
+
+What trains — student forward, method terms, weighted sum — is one ``nn.Module``
+(:class:`StudentLoss`, or :class:`InitLoss` for the init stage of two-stage methods), so under
+torchrun a single ``DistributedDataParallel`` wraps student and method together; the teacher
+runs outside it, frozen.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+from typing import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
+from helper.distributed import DistContext
 from helper.loops import Batch
 
 
@@ -19,6 +26,31 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def set_trainable(modules: Iterable[nn.Module], trainable: Iterable[nn.Module]
+                  ) -> dict[nn.Parameter, bool]:
+    """Among the parameters of ``modules``, only those of ``trainable`` require gradients
+    afterwards; returns the previous flags (for :func:`trainable_only`)."""
+    keep = {id(p) for m in trainable for p in m.parameters()}
+    previous = {}
+    for module in modules:
+        for p in module.parameters():
+            previous.setdefault(p, p.requires_grad)
+            p.requires_grad_(id(p) in keep and previous[p])
+    return previous
+
+
+@contextlib.contextmanager
+def trainable_only(modules: Iterable[nn.Module], trainable: Iterable[nn.Module]) -> Iterator[None]:
+    """:func:`set_trainable` inside the block, the previous flags restored after it (the init
+    stage trains some modules alone, and DDP must see exactly those)."""
+    previous = set_trainable(list(modules), list(trainable))
+    try:
+        yield
+    finally:
+        for p, flag in previous.items():
+            p.requires_grad_(flag)
 
 
 def loss_weights(opt) -> dict[str, float]:
@@ -47,29 +79,67 @@ def compile_fn(fn, device: torch.device):
     return torch.compile(fn, mode=mode)
 
 
+class StudentLoss(nn.Module):
+    """Student forward, the method's named terms and their weighted sum: everything of a
+    distillation step that trains, as one module (wrapped once in DDP under torchrun)."""
+
+    def __init__(self, student: nn.Module, method: nn.Module, weights: Mapping[str, float]) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+        self.weights = dict(weights)
+
+    def forward(self, images: torch.Tensor, feat_t, logit_t: torch.Tensor, target: torch.Tensor,
+                epoch: int, index: torch.Tensor | None = None,
+                contrast_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.method.needs_feats:
+            feat_s, logit_s = self.student(images, is_feat=True, preact=self.method.needs_preact)
+        else:
+            feat_s, logit_s = None, self.student(images)
+        terms = self.method(feat_s, logit_s, feat_t, logit_t, target, epoch,
+                            index=index, contrast_idx=contrast_idx)
+        return weighted_sum(terms, self.weights), logit_s
+
+    def may_leave_parameters_unused(self) -> bool:
+        """Whether a step may give some trainable parameter no gradient (DDP must then look for
+        them): the method's trainable modules feed only its ``kd`` term, and the student's
+        classifier only ``cls`` and ``div`` (and logit-based ``kd`` terms)."""
+        method_trains = any(p.requires_grad for p in self.method.parameters())
+        no_kd = self.weights.get("kd", 0.0) == 0
+        no_logit_terms = self.weights.get("cls", 0.0) == 0 and self.weights.get("div", 0.0) == 0
+        return (method_trains and no_kd) or no_logit_terms
+
+
 class DistillStep:
     """``(batch) -> (loss, student logits)`` for one training step of ``train_student.py``.
 
     The teacher runs under inference mode (no autograd bookkeeping) and computes only what the
     method reads (logits alone for kd, kdrefine, dkd). With ``compile`` the teacher forward and
     the student forward + loss are compiled (two graphs: the teacher's needs no backward).
+    With a multi-process ``dist`` the :class:`StudentLoss` is wrapped in DDP (gradients of
+    student and method averaged over processes); ``find_unused_parameters`` only where
+    :meth:`StudentLoss.may_leave_parameters_unused`.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, method: nn.Module,
                  weights: Mapping[str, float], compile: bool = False,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, dist: DistContext | None = None) -> None:
         self.student = student
         self.teacher = teacher
         self.method = method
         self.weights = dict(weights)
         self.epoch = 1
         self.compiled = compile
+        self.loss = StudentLoss(student, method, weights)
+        trained: nn.Module = self.loss
+        if dist is not None:
+            trained = dist.wrap(self.loss, self.loss.may_leave_parameters_unused())
         self._teacher_forward = self.teacher_forward
-        self._student_loss = self.student_loss
+        self._student_loss = trained
         if compile:
             device = device or next(student.parameters()).device
             self._teacher_forward = compile_fn(self.teacher_forward, device)
-            self._student_loss = compile_fn(self.student_loss, device)
+            self._student_loss = compile_fn(trained, device)
 
     def teacher_forward(self, images: torch.Tensor):
         """Teacher features (when the method reads them) and logits."""
@@ -87,33 +157,42 @@ class DistillStep:
         # inference tensors cannot be saved for backward: hand the loss plain copies
         return (None if feat_t is None else [f.clone() for f in feat_t]), logit_t.clone()
 
-    def student_loss(self, images, feat_t, logit_t, target, epoch, index, contrast_idx):
-        """Student forward, the method's named terms, and their weighted sum."""
-        if self.method.needs_feats:
-            feat_s, logit_s = self.student(images, is_feat=True, preact=self.method.needs_preact)
-        else:
-            feat_s, logit_s = None, self.student(images)
-        terms = self.method(feat_s, logit_s, feat_t, logit_t, target, epoch,
-                            index=index, contrast_idx=contrast_idx)
-        return weighted_sum(terms, self.weights), logit_s
-
     def __call__(self, batch: Batch):
         feat_t, logit_t = self.teacher_outputs(batch.images)
         return self._student_loss(batch.images, feat_t, logit_t, batch.target, self.epoch,
                                   batch.index, batch.contrast_idx)
 
 
+class InitLoss(nn.Module):
+    """Student features and the method's init-stage objective, as one module (for DDP)."""
+
+    def __init__(self, student: nn.Module, method: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.method = method
+
+    def forward(self, images: torch.Tensor, feat_t) -> tuple[torch.Tensor, torch.Tensor]:
+        feat_s, logit_s = self.student(images, is_feat=True, preact=self.method.needs_preact)
+        return self.method.init_loss(feat_s, feat_t), logit_s
+
+
 class InitStep:
     """The first stage of two-stage methods (AB, FT, FSP): train ``method.init_modules`` alone
-    on ``method.init_loss``, with the student in eval mode as the CRD code does."""
+    on ``method.init_loss``, with the student in eval mode as the CRD code does.
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, method: nn.Module) -> None:
+    With a multi-process ``dist`` the :class:`InitLoss` is wrapped in DDP: build the step inside
+    :func:`trainable_only` so that DDP averages exactly the init modules' gradients.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, method: nn.Module,
+                 dist: DistContext | None = None) -> None:
         self.student = student
         self.teacher = teacher
         self.method = method
+        self.loss = InitLoss(student, method)
+        self._loss = self.loss if dist is None else dist.wrap(self.loss)
 
     def __call__(self, batch: Batch):
         with torch.no_grad():
             feat_t, _ = self.teacher(batch.images, is_feat=True, preact=self.method.needs_preact)
-        feat_s, logit_s = self.student(batch.images, is_feat=True, preact=self.method.needs_preact)
-        return self.method.init_loss(feat_s, [f.detach() for f in feat_t]), logit_s
+        return self._loss(batch.images, [f.detach() for f in feat_t])

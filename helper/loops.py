@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.util import correct_topk
 
@@ -77,8 +78,11 @@ class DeviceMeter:
         loss_sum = loss.detach().double() * n
         self.sums += torch.stack([loss_sum, top1.double(), top5.double(), torch.full_like(loss_sum, n)])
 
-    def read(self) -> dict[str, float]:
-        loss, top1, top5, n = self.sums.tolist()
+    def read(self, dist: DistContext | None = None) -> dict[str, float]:
+        """Mean loss and top-1/top-5 accuracy (percent); with ``dist``, over the sums of all
+        processes (every process must call it at the same point)."""
+        sums = self.sums if dist is None else dist.all_reduce_sum(self.sums)
+        loss, top1, top5, n = sums.tolist()
         n = max(n, 1.0)
         return {"loss": loss / n, "acc": 100.0 * top1 / n, "acc_top5": 100.0 * top5 / n}
 
@@ -88,18 +92,22 @@ def train_epoch(train_modules: Iterable[torch.nn.Module], loader: Iterable,
                 compute_loss: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
                 device: torch.device, epoch: int, print_freq: int = 100, amp: bool = False,
                 scaler: "torch.amp.GradScaler | None" = None, channels_last: bool = False,
-                desc: str = "train") -> dict[str, float]:
+                desc: str = "train", dist: DistContext | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss and top-1/top-5 accuracy (percent).
 
     ``train_modules`` are put in train mode (everything else keeps its mode: the teacher stays
     in eval). ``compute_loss(batch)`` returns ``(loss, logits)``. The loss is checked for NaN/inf once per
     ``print_freq`` steps and at the end: a non-finite loss raises :class:`NonFiniteLossError`
     before anything is saved.
+
+    With ``dist`` (several processes, each reading its shard) the statistics, and so the
+    NaN/inf check, are over all processes: every process stops at the same step.
     """
     for module in train_modules:
         module.train()
     meter = DeviceMeter(device)
-    bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, dynamic_ncols=True, disable=None)
+    bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, dynamic_ncols=True,
+               disable=_bar_disabled(dist))
     step = 0
     for step, data in enumerate(bar, 1):
         batch = to_batch(data, device, channels_last)
@@ -115,13 +123,19 @@ def train_epoch(train_modules: Iterable[torch.nn.Module], loader: Iterable,
             optimizer.step()
         meter.update(loss, logits.float(), batch.target)
         if print_freq and step % print_freq == 0:
-            stats = _checked(meter, epoch, step)
+            stats = _checked(meter, epoch, step, dist)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc']:.2f}")
-    return _checked(meter, epoch, step)
+    return _checked(meter, epoch, step, dist)
 
 
-def _checked(meter: DeviceMeter, epoch: int, step: int) -> dict[str, float]:
-    stats = meter.read()
+def _bar_disabled(dist: DistContext | None) -> bool | None:
+    """tqdm's ``disable``: None (auto: off without a terminal) on rank 0, True elsewhere."""
+    return None if dist is None or dist.is_main else True
+
+
+def _checked(meter: DeviceMeter, epoch: int, step: int,
+             dist: DistContext | None = None) -> dict[str, float]:
+    stats = meter.read(dist)
     if not math.isfinite(stats["loss"]):
         raise NonFiniteLossError(
             f"training loss became {stats['loss']} at epoch {epoch} (by step {step}); the run stopped "
@@ -131,14 +145,20 @@ def _checked(meter: DeviceMeter, epoch: int, step: int) -> dict[str, float]:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
-             channels_last: bool = False, desc: str = "test") -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``."""
+             channels_last: bool = False, desc: str = "test",
+             dist: DistContext | None = None) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``.
+
+    With ``dist`` each process passes the loader of its disjoint shard of the split and the
+    sums (loss x n, top-1, top-5, n) are added over processes: the result is that of one
+    process over the whole split, no sample counted twice or left out.
+    """
     model.eval()
     meter = DeviceMeter(device)
-    for data in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+    for data in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=_bar_disabled(dist)):
         batch = to_batch(data, device, channels_last)
         with autocast_context(device, amp):
             logits = model(batch.images)
         logits = logits.float()
         meter.update(F.cross_entropy(logits, batch.target), logits, batch.target)
-    return meter.read()
+    return meter.read(dist)

@@ -5,7 +5,7 @@ import torch
 
 from helper.checkpoint import (describe_mismatch, extract_state_dict, load_checkpoint, load_weights,
                                num_classes_from_state_dict)
-from models import build_model, check_model_name, is_rep_model
+from models import CIFAR_ZOO, ModelZoo
 
 
 def _form_hint(model_is_deploy: bool, state: dict[str, torch.Tensor]) -> str:
@@ -18,18 +18,20 @@ def _form_hint(model_is_deploy: bool, state: dict[str, torch.Tensor]) -> str:
     return ""
 
 
-def load_model_from_file(path: str, arch: str, deploy: bool = False, blocktype: str | None = None):
-    """Build ``arch`` with the class count of ``path``'s classifier and load its weights strictly.
+def load_model_from_file(path: str, arch: str, deploy: bool = False, blocktype: str | None = None,
+                         zoo: ModelZoo = CIFAR_ZOO):
+    """Build ``arch`` of ``zoo`` (the CIFAR models by default) with the class count of
+    ``path``'s classifier and load its weights strictly.
 
     ``deploy`` only matters for re-parameterizable students. Returns ``(model, state_dict)``.
     """
-    check_model_name(arch, "--model/-a")
+    zoo.check_name(arch, "--model/-a")
     state = extract_state_dict(load_checkpoint(path), path)
     n_cls = num_classes_from_state_dict(state, path)
-    deploy = deploy and is_rep_model(arch)
-    model = build_model(arch, num_classes=n_cls, blocktype=blocktype, deploy=deploy)
+    deploy = deploy and zoo.is_rep(arch)
+    model = zoo.build(arch, num_classes=n_cls, blocktype=blocktype, deploy=deploy)
     problem = describe_mismatch(model, state)
-    hint = _form_hint(deploy, state) if problem and is_rep_model(arch) else ""
+    hint = _form_hint(deploy, state) if problem and zoo.is_rep(arch) else ""
     load_weights(model, state, path, arch + (" (deploy form)" if deploy else ""), hint)
     return model, state
 

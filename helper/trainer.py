@@ -4,6 +4,12 @@ Each epoch: set the learning rate, train, evaluate, log (one summary line, Tenso
 then save atomically — ``<name>_best.pth`` on a new best, ``ckpt_epoch_<N>.pth`` every
 ``save_freq`` epochs and at the final epoch when asked, and always ``<name>_last.pth``, which is
 what ``--resume`` continues from (weights, optimizer, epoch, best accuracy and RNG states).
+
+Under torchrun (a multi-process :class:`~helper.distributed.DistContext`) every process trains
+on its shard; statistics are summed over processes, rank 0's buffers are copied to all before
+evaluating (so every process evaluates, and rank 0 saves, the same model), and rank 0 alone
+writes checkpoints and TensorBoard scalars. The state dicts saved are those of the unwrapped
+modules, so checkpoints do not depend on the number of processes and ``--resume`` may change it.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from helper.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.loops import Batch, make_grad_scaler, train_epoch, validate
 from helper.util import adjust_learning_rate
@@ -31,6 +38,28 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], opt) -> torch.optim.SGD
     kernel = {"fused": True} if on_cuda else {"foreach": True}
     return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                            weight_decay=opt.weight_decay, **kernel)
+
+
+def place_model(model: nn.Module, opt, dist: DistContext) -> nn.Module:
+    """``model`` on this process's device (channels_last when ``opt.channels_last``) and, with
+    ``opt.sync_bn`` in a multi-process run, with its BatchNorm layers turned into
+    ``SyncBatchNorm`` (same parameters and state-dict keys; statistics over the global batch).
+
+    Re-parameterizable blocks then train with separate branches (``set_fused(model, False)``):
+    their fused training path normalises all branches in one ``F.batch_norm`` call, which would
+    bypass the synchronised layers.
+    """
+    if getattr(opt, "sync_bn", False) and dist.enabled:
+        if dist.device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (SyncBatchNorm runs over NCCL); "
+                            "leave it out for CPU runs")
+        from models import set_fused
+
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(set_fused(model, False))
+    model = model.to(dist.device)
+    if getattr(opt, "channels_last", False):
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
@@ -95,9 +124,12 @@ def resume(run: Run, path: str) -> Progress:
 
 
 def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=None,
-        progress: Progress | None = None, desc: str = "train") -> dict[str, float]:
-    """Train from ``progress.start_epoch`` to ``opt.epochs``; returns the last test metrics."""
+        progress: Progress | None = None, desc: str = "train",
+        dist: DistContext | None = None) -> dict[str, float]:
+    """Train from ``progress.start_epoch`` to ``opt.epochs``; returns the last test metrics
+    (over the whole test split, also when ``dist`` spreads it over processes)."""
     progress = progress or Progress()
+    dist = dist or DistContext(device)
     amp = getattr(opt, "amp", False)
     scaler = make_grad_scaler(device, amp)
     last: dict[str, float] = {}
@@ -110,10 +142,12 @@ def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=N
         start = time.time()
         train = train_epoch(run.train_modules, train_loader, run.optimizer, run.compute_loss, device,
                             epoch, print_freq=opt.print_freq, amp=amp, scaler=scaler,
-                            channels_last=getattr(opt, "channels_last", False), desc=desc)
+                            channels_last=getattr(opt, "channels_last", False), desc=desc,
+                            dist=dist)
         seconds = time.time() - start
+        dist.broadcast_buffers(*run.state_modules.values())
         test = validate(run.eval_model, test_loader, device, amp=amp,
-                        channels_last=getattr(opt, "channels_last", False))
+                        channels_last=getattr(opt, "channels_last", False), dist=dist)
         is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
         progress.best_acc = max(progress.best_acc, test["acc"])
         print(f"epoch {epoch:3d}/{opt.epochs} lr {lr:.4g} | train loss {train['loss']:.4f} "
@@ -126,16 +160,22 @@ def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=N
                 writer.add_scalar(key, value, epoch)
             writer.flush()
 
-        state = {key: module.state_dict() for key, module in run.state_modules.items()}
-        state.update(run.extra_state, epoch=epoch, accuracy=test["acc"], best_acc=progress.best_acc,
-                     config=config_dict(opt))
-        if is_best:
-            save_checkpoint(state, run.best_path)
-        if run.save_freq and (epoch % run.save_freq == 0 or epoch == opt.epochs):
-            save_checkpoint({**state, "optimizer": run.optimizer.state_dict()},
-                            os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
-        save_checkpoint({**state, "optimizer": run.optimizer.state_dict(), "rng_state": rng_state()},
-                        run.last_path)
+        if dist.is_main:
+            save_epoch(run, opt, epoch, test["acc"], progress.best_acc, is_best)
         last = {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
                 "epoch": epoch}
     return last
+
+
+def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_best: bool) -> None:
+    """Write the epoch's checkpoints: best, periodic and last (see the module doc)."""
+    state = {key: module.state_dict() for key, module in run.state_modules.items()}
+    state.update(run.extra_state, epoch=epoch, accuracy=accuracy, best_acc=best_acc,
+                 config=config_dict(opt))
+    if is_best:
+        save_checkpoint(state, run.best_path)
+    if run.save_freq and (epoch % run.save_freq == 0 or epoch == opt.epochs):
+        save_checkpoint({**state, "optimizer": run.optimizer.state_dict()},
+                        os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
+    save_checkpoint({**state, "optimizer": run.optimizer.state_dict(), "rng_state": rng_state()},
+                    run.last_path)

@@ -150,8 +150,10 @@ def test_bad_file_is_user_error_naming_it(tmp_path, damage, no_network):
 
 
 def test_unknown_names_are_user_errors(cifar_root):
-    with pytest.raises(UserError, match="cifar100, digits"):
-        D.get_dataloaders("imagenet")
+    with pytest.raises(UserError, match="cifar100, digits, imagenet"):
+        D.get_dataloaders("mnist")
+    with pytest.raises(UserError, match="not available for --dataset imagenet"):
+        D.get_sample_dataloaders("imagenet")
     with pytest.raises(UserError, match="device, torchvision"):
         D.get_dataloaders("digits", loader="dali")
     with pytest.raises(UserError, match="exact, relax"):

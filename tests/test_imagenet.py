@@ -219,4 +219,78 @@ def test_distributed_sampler_splits_train_set(tmp_path, monkeypatch):
                                                                    distributed=True)
     assert isinstance(train_loader.sampler, torch.utils.data.DistributedSampler)
     assert len(list(train_loader.sampler)) == n_data // 2
-    assert len(val_loader.sampler) == 6  # every process evaluates the whole val set
+    # each process evaluates an exact shard of the val set: rank 1 of 2 takes positions 1, 3, 5
+    assert list(val_loader.sampler) == [1, 3, 5]
+
+
+# ---- the entry scripts on ImageNet --------------------------------------------------------
+
+def _exit_line(capsys, fn, argv) -> str:
+    with pytest.raises(SystemExit) as err:
+        fn(argv)
+    assert err.value.code == 2
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_imagenet_teacher_student_convert_validate(tmp_path, monkeypatch, capsys):
+    """resnet18 teacher -> kdrefine represnet18 student -> deploy form, one 3-image step each
+    (the ImageNet transforms make every image 224x224)."""
+    import json
+
+    import convert
+    import train_student
+    import train_teacher
+    import validation
+
+    monkeypatch.chdir(tmp_path)
+    make_image_folder("data", n_train=1, n_val=1)
+    common = ["--dataset", "imagenet", "--data_folder", "data", "--epochs", "1", "--batch_size", "3",
+              "--num_workers", "0", "--seed", "0"]
+    train_teacher.main(["--model", "resnet18", *common])
+    run = "resnet18_imagenet_lr_0.001171875_decay_0.0001_trial_0"  # 0.1 x 3 / 256, wd 1e-4
+    teacher = os.path.join("save", "models", run, "resnet18_last.pth")
+    config = torch.load(teacher, weights_only=True)["config"]
+    assert config["lr_decay_epochs"] == [30, 60, 90] and config["loader"] == "torchvision"
+
+    last = train_student.main(["--path_t", teacher, "--model_s", "represnet18",
+                               "--distill", "kdrefine", *common])
+    folder = os.path.join("save", "student_model",
+                          "S_represnet18_T_resnet18_imagenet_kdrefine_r_0.1_a_0.9_b_0.0_1")
+    assert json.load(open(os.path.join(folder, "test_last_metrics.json")))["epoch"] == 1
+    train_form = os.path.join(folder, "represnet18_last.pth")
+    convert.main(["--load", train_form, "--save", "deploy.pth", "-a", "represnet18"])
+    capsys.readouterr()
+    data = ["--dataset", "imagenet", "--data_folder", "data", "--num_workers", "0"]
+    acc_train = validation.main(["--model", "represnet18", "--model_path", train_form,
+                                 "--deploy_flag", "False", *data])
+    acc_deploy = validation.main(["--model", "represnet18", "--model_path", "deploy.pth", *data])
+    assert acc_train == acc_deploy == pytest.approx(last["test_acc"])
+    assert "top-5" in capsys.readouterr().out
+
+    msg = _exit_line(capsys, train_student.main, ["--path_t", teacher, "--model_s", "represnet18",
+                                                  "--distill", "crd", *common])
+    assert "crd" in msg and "imagenet" in msg
+    msg = _exit_line(capsys, train_teacher.main, ["--model", "resnet8", *common])
+    assert "resnet18" in msg and "mobilenet_v1" in msg  # lists the ImageNet models
+    msg = _exit_line(capsys, train_teacher.main, ["--model", "resnet18", "--loader", "device", *common])
+    assert "torchvision" in msg
+
+
+def test_imagenet_defaults():
+    from argparse import Namespace
+
+    from helper.options import finalize_optimization
+
+    opt = finalize_optimization(Namespace(dataset="imagenet", epochs=None, batch_size=None,
+                                          learning_rate=None, lr_decay_epochs=None,
+                                          weight_decay=None, loader=None), "resnet18")
+    assert (opt.epochs, opt.batch_size, opt.learning_rate, opt.lr_decay_epochs, opt.weight_decay,
+            opt.loader) == (100, 256, 0.1, [30, 60, 90], 1e-4, "torchvision")
+    cifar = finalize_optimization(Namespace(dataset="cifar100", epochs=None, batch_size=None,
+                                            learning_rate=None, lr_decay_epochs=None,
+                                            weight_decay=None, loader=None), "MobileNetV2")
+    assert (cifar.epochs, cifar.batch_size, cifar.learning_rate, cifar.lr_decay_epochs,
+            cifar.weight_decay, cifar.loader) == (240, 64, 0.01, [150, 180, 210], 5e-4, "device")
