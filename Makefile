@@ -20,3 +20,6 @@ test: install-test
 
 test-fast: install-test
 	$(PYTHON) -m pytest -q -m "not slow" tests
+
+lint: install-test
+	$(PYTHON) -m ruff check .

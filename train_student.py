@@ -18,7 +18,6 @@ frozen; rank 0 alone prints and writes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 import torch
@@ -33,7 +32,7 @@ from helper.loops import train_epoch, validate
 from helper.naming import student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
-from helper.trainer import Progress, Run, fit, make_optimizer, place_model, resume, write_json_atomic
+from helper.trainer import Run, make_optimizer, place_model, train_run, write_json_atomic
 from helper.util import set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
@@ -149,24 +148,12 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
               state_modules={"model": student, "method": method},
               extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t},
               on_epoch_start=lambda epoch: setattr(step, "epoch", epoch))
-    progress = Progress()
-    if opt.resume:
-        progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    if dist.is_main:
-        os.makedirs(opt.save_folder, exist_ok=True)
-    with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
-        print(f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
-              f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs on {device}"
-              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; "
-              f"saving to {opt.save_folder}")
-        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.distill,
-                   dist=dist)
+    last, _ = train_run(run, opt, train_loader, test_loader, dist,
+                        f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
+                        f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs",
+                        desc=opt.distill)
     if last and dist.is_main:
         write_json_atomic(os.path.join(opt.save_folder, "test_last_metrics.json"), last)
-    print(f"best accuracy: {progress.best_acc:.2f}")
     return last
 
 

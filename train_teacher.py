@@ -16,7 +16,6 @@ Outputs (relative to the current directory):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import exit_on_user_error
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
-from helper.trainer import Progress, Run, fit, make_optimizer, place_model, resume
+from helper.trainer import Run, make_optimizer, place_model, train_run
 from helper.util import set_seed
 from models import imagenet_model_dict, model_dict, zoo_for
 
@@ -85,21 +84,8 @@ def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     run = Run(name=opt.model, save_folder=opt.save_folder, train_modules=[model], eval_model=model,
               optimizer=optimizer, compute_loss=compute_loss, state_modules={"model": model},
               extra_state={"arch": opt.model}, save_freq=opt.save_freq)
-    progress = Progress()
-    if opt.resume:
-        progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    if dist.is_main:
-        os.makedirs(opt.save_folder, exist_ok=True)
-    with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
-        print(f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs on {device}"
-              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; "
-              f"saving to {opt.save_folder}")
-        last = fit(run, opt, train_loader, test_loader, device, writer, progress, desc=opt.model,
-                   dist=dist)
-    print(f"best accuracy: {progress.best_acc:.2f}")
+    last, _ = train_run(run, opt, train_loader, test_loader, dist,
+                        f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs", desc=opt.model)
     return last
 
 

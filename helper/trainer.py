@@ -179,3 +179,24 @@ def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_b
                         os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
     save_checkpoint({**state, "optimizer": run.optimizer.state_dict(), "rng_state": rng_state()},
                     run.last_path)
+
+
+def train_run(run: Run, opt, train_loader, test_loader, dist, headline: str,
+              desc: str = "train") -> tuple[dict[str, float], Progress]:
+    """What both entry scripts do once their run is built: resume if ``--resume``, open the
+    TensorBoard writer (rank 0), print ``headline``, :func:`fit`, print the best accuracy."""
+    import contextlib
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    progress = Progress()
+    if opt.resume:
+        progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
+    if dist.is_main:
+        os.makedirs(opt.save_folder, exist_ok=True)
+    with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
+        processes = f" x {dist.world_size} processes" if dist.enabled else ""
+        print(f"{headline} on {dist.device}{processes}; saving to {opt.save_folder}")
+        last = fit(run, opt, train_loader, test_loader, dist.device, writer, progress, desc=desc, dist=dist)
+    print(f"best accuracy: {progress.best_acc:.2f}")
+    return last, progress

@@ -11,14 +11,6 @@ from models import model_dict
 from scripts import check_teachers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trained_like(name: str, num_classes: int, blocktype: str = "AMBB"):
     torch.manual_seed(0)
     model = model_dict[name](num_classes=num_classes, blocktype=blocktype)

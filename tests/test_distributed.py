@@ -33,14 +33,6 @@ FAST = ["--batch_size", "16", "--print_freq", "4", "--seed", "0", "--num_workers
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- torchrun detection and the learning-rate rule ------------------------------------------
 
 def test_context_from_env():
@@ -253,14 +245,12 @@ def workdir(tmp_path_factory):
     """Small CIFAR-100 files and a one-epoch resnet8 teacher, trained in one process."""
     root = tmp_path_factory.mktemp("ddp")
     write_fake_cifar100(root / "data", n_train=256, n_test=100, seed=0)
-    old, threads = os.getcwd(), torch.get_num_threads()
+    old = os.getcwd()
     os.chdir(root)
-    torch.set_num_threads(1)
     try:
         train_teacher.main(["--model", "resnet8", "--epochs", "1", *FAST])
     finally:
         os.chdir(old)
-        torch.set_num_threads(threads)
     return root
 
 

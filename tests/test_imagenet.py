@@ -28,16 +28,6 @@ FEATURE_CHANNELS = {
 STRIDES = [2, 4, 8, 16, 32]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are small at 32x32; one thread is as fast and does not spin on a busy
-    machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters, so that eval outputs depend on them."""
     gen = torch.Generator().manual_seed(seed)

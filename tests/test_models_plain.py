@@ -50,11 +50,8 @@ def shapes(tensors) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread_and_free_models():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def free_models():
     yield
-    torch.set_num_threads(threads)
     build_shared.cache_clear()
 
 

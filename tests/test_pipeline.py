@@ -20,14 +20,6 @@ TEACHER_LAST = os.path.join("save", "models", TEACHER_RUN, "resnet8_last.pth")
 FAST = ["--batch_size", "32", "--print_freq", "2", "--seed", "0", "--num_workers", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder with small CIFAR-100 files under ./data and a 2-epoch resnet8 teacher."""

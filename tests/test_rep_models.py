@@ -14,15 +14,6 @@ from models import model_dict, reparameterize_model
 from models.registry import is_rep_model
 from tests.reference import forward_input, load_deterministic, load_json
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops: one intra-op thread is faster, and fair to other jobs on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 CONTRACT_MODELS = ["represnet20", "represnet32", "represnet8x4", "repvgg8", "repmobilenetv2",
                    "repshufflev1"]
 

@@ -27,15 +27,6 @@ from models.rep_blocks import (ACB, AMBB, BLOCK_TYPES, ConvBN, RepBlock, RepVGGB
                                make_conv_bn, set_fused)
 from tests.reference import load_json
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops: one intra-op thread is faster, and fair to other jobs on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 BLOCK_TYPE_NAMES = ["AMBB", "base", "ACB", "RepVGG"]
 REP_MODELS = sorted(["represnet20", "represnet32", "represnet8x4", "repvgg8", "repmobilenetv2",
                      "repshufflev1", "repwrn_16_2", "repwrn_40_1"])
