@@ -171,14 +171,12 @@ def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_b
     """Write the epoch's checkpoints: best, periodic and last (see the module doc)."""
     state = {key: module.state_dict() for key, module in run.state_modules.items()}
     state.update(run.extra_state, epoch=epoch, accuracy=accuracy, best_acc=best_acc,
-                 config=config_dict(opt))
+                 config=config_dict(opt), optimizer=run.optimizer.state_dict())
     if is_best:
         save_checkpoint(state, run.best_path)
     if run.save_freq and (epoch % run.save_freq == 0 or epoch == opt.epochs):
-        save_checkpoint({**state, "optimizer": run.optimizer.state_dict()},
-                        os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
-    save_checkpoint({**state, "optimizer": run.optimizer.state_dict(), "rng_state": rng_state()},
-                    run.last_path)
+        save_checkpoint(state, os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
+    save_checkpoint({**state, "rng_state": rng_state()}, run.last_path)
 
 
 def train_run(run: Run, opt, train_loader, test_loader, dist, headline: str,

@@ -63,6 +63,9 @@ def test_teacher_outputs(workdir, monkeypatch):
     assert {"model", "epoch", "accuracy", "optimizer", "arch", "config"} <= set(ckpt)
     assert ckpt["arch"] == "resnet8" and ckpt["epoch"] == 2 and 0 <= ckpt["accuracy"] <= 100
     assert ckpt["config"]["model"] == "resnet8"
+    for name in ("resnet8_best.pth", "resnet8_last.pth", "ckpt_epoch_1.pth"):
+        saved = torch.load(os.path.join(folder, name), weights_only=True)
+        assert {"model", "epoch", "accuracy", "optimizer", "arch", "config"} <= set(saved), name
     events = os.listdir(os.path.join("save", "teacher_tensorboards", TEACHER_RUN))
     assert len(events) == 1 and events[0].startswith("events.out.tfevents")
 
