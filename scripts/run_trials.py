@@ -55,6 +55,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would run or be skipped, run nothing")
     if "--" not in argv:
+        if {"-h", "--help"} & set(argv):
+            parser.parse_args(["--help"])  # prints the help and exits 0
         parser.print_usage(sys.stderr)
         raise UserError("put the train_student.py command after '--'")
     split = argv.index("--")
