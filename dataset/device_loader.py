@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 
 from dataset.contrast import ContrastSampler
 from dataset.sharding import Shard
+from dataset.epochs import SeededEpochs
 
 Stats = Sequence[float] | Tensor
 
@@ -95,7 +96,7 @@ class EpochPlan:
     flip_mask: Tensor  # (N,) bool
 
 
-class DeviceLoader:
+class DeviceLoader(SeededEpochs):
     """Batches of a uint8 image tensor kept on ``device``.
 
     Yields ``(images, targets)``; ``(images, targets, indices)`` with ``with_indices``; and
@@ -152,21 +153,6 @@ class DeviceLoader:
     def __len__(self) -> int:
         n = self.shard.size(len(self.labels))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration will use."""
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration draw epoch ``epoch``'s randomness (reproducible resume)."""
-        self._epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self._epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed, self._epoch = int(state["seed"]), int(state["epoch"])
 
     def _generator(self, epoch: int, stream: int, *keys: int) -> torch.Generator:
         gen = torch.Generator(device=self.device)

@@ -26,6 +26,7 @@ from torchvision import transforms
 from dataset.contrast import ContrastSampler
 from dataset.device_loader import derive_seed
 from dataset.sharding import Shard, ShardSampler
+from dataset.epochs import SeededEpochs
 
 
 def train_transform(mean: Sequence[float], std: Sequence[float], flip: bool = True,
@@ -75,7 +76,7 @@ class ArrayImageDataset(Dataset):
         return img, target
 
 
-class TorchvisionLoader:
+class TorchvisionLoader(SeededEpochs):
     """A ``DataLoader`` with per-epoch reseeding (``set_epoch``) and the same surface as
     :class:`dataset.device_loader.DeviceLoader`: ``len()``, ``.dataset``, ``.batch_size``.
 
@@ -117,19 +118,6 @@ class TorchvisionLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = int(epoch)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self._epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed, self._epoch = int(state["seed"]), int(state["epoch"])
 
     def __iter__(self) -> Iterator:
         rank_key = (self.shard.rank,) if self.shard.world_size > 1 else ()
