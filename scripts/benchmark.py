@@ -6,7 +6,7 @@
 * classic: the CRD/KDrefine way — torchvision DataLoader (PIL transforms), separate branches in
   every rep block, fp32, eager, NCHW;
 * fast: this project's defaults — device-resident data with batched augmentation, fused branch
-  training where it pays (``fused="auto"``: on accelerators), channels_last on CUDA, teacher
+  training where it pays (``fused="auto"``: on accelerators), channels_last, teacher
   under inference mode computing only what the method reads — plus ``--amp``/``--compile``.
 
 Both run the real ``train_student.py`` step (:class:`helper.distill.DistillStep` inside
@@ -80,7 +80,7 @@ def method_options(opt) -> SimpleNamespace:
 def run_path(opt, data_folder: str, device: torch.device, fast: bool) -> dict:
     """Build loaders, models, method and optimizer for one path; time ``opt.steps`` steps."""
     torch.manual_seed(0)
-    channels_last = fast and device.type == "cuda"
+    channels_last = fast  # the training scripts' default (helper.options.finalize_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
     method_cls = get_method(opt.distill)
     mopt = method_options(opt)
