@@ -23,16 +23,18 @@ import os
 import torch
 
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes, sample_k
-from distiller_zoo import build_method, get_method, method_names
-from helper.checkpoint import extract_state_dict, load_checkpoint, load_weights, num_classes_from_state_dict
-from helper.distill import DistillStep, InitStep, freeze, loss_weights, set_trainable, trainable_only
+from distiller_zoo import get_method, method_names
+from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights,
+                               num_classes_from_state_dict, write_json_atomic)
+from helper.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
+                            trainable_only)
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
 from helper.loops import train_epoch, validate
 from helper.naming import student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
-from helper.trainer import Run, make_optimizer, place_model, train_run, write_json_atomic
+from helper.trainer import Run, make_optimizer, place_model, train_run
 from helper.util import set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
@@ -129,11 +131,7 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     if opt.channels_last:
         teacher.to(memory_format=torch.channels_last)
     probe = next(iter(test_loader))[0][:2].to(device).float()
-    student.eval()
-    with torch.no_grad():
-        feat_s, _ = student(probe, is_feat=True, preact=method_cls.needs_preact)
-        feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.needs_preact)
-    method = build_method(opt.distill, opt, student, teacher, feat_s, feat_t, n_data).to(device)
+    method = build_method_for(opt.distill, opt, student, teacher, probe, n_data)
     dist.enable_sync(method)
 
     trainable = [student] + list(method.trainable_modules())

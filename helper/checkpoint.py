@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import tempfile
 import zipfile
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import torch
 
@@ -26,14 +27,16 @@ from helper.errors import UserError
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, flush it to disk, then rename
+    it over ``path``; on any failure the temporary file is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    suffix = os.path.splitext(path)[1] or ".tmp"
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -41,6 +44,16 @@ def save_checkpoint(state: Mapping[str, Any], path: str) -> None:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    atomic_write(path, lambda f: torch.save(dict(state), f))
+
+
+def write_json_atomic(path: str, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` atomically, like :func:`save_checkpoint`."""
+    atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Any:

@@ -53,6 +53,29 @@ def trainable_only(modules: Iterable[nn.Module], trainable: Iterable[nn.Module])
             p.requires_grad_(flag)
 
 
+def outputs_for(model: nn.Module, images: torch.Tensor, method: nn.Module):
+    """``(features, logits)`` of ``model``, features only when ``method`` reads them (else None):
+    what a distillation step computes of the teacher and of the student alike."""
+    if method.needs_feats:
+        return model(images, is_feat=True, preact=method.needs_preact)
+    return None, model(images)
+
+
+def build_method_for(name: str, opt, student: nn.Module, teacher: nn.Module,
+                     probe: torch.Tensor, n_data: int) -> nn.Module:
+    """:func:`distiller_zoo.build_method` with the feature shapes read off one forward of
+    ``probe`` (a couple of images) through student (in eval mode) and teacher; the method is
+    put on ``probe``'s device."""
+    from distiller_zoo import build_method, get_method
+
+    preact = get_method(name).needs_preact
+    student.eval()
+    with torch.no_grad():
+        feat_s, _ = student(probe, is_feat=True, preact=preact)
+        feat_t, _ = teacher(probe, is_feat=True, preact=preact)
+    return build_method(name, opt, student, teacher, feat_s, feat_t, n_data).to(probe.device)
+
+
 def loss_weights(opt) -> dict[str, float]:
     """The CRD loop's weights: r for classification, a for the KL term, b for the method's own loss."""
     return {"cls": opt.gamma, "div": opt.alpha, "kd": opt.beta}
@@ -92,10 +115,7 @@ class StudentLoss(nn.Module):
     def forward(self, images: torch.Tensor, feat_t, logit_t: torch.Tensor, target: torch.Tensor,
                 epoch: int, index: torch.Tensor | None = None,
                 contrast_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.method.needs_feats:
-            feat_s, logit_s = self.student(images, is_feat=True, preact=self.method.needs_preact)
-        else:
-            feat_s, logit_s = None, self.student(images)
+        feat_s, logit_s = outputs_for(self.student, images, self.method)
         terms = self.method(feat_s, logit_s, feat_t, logit_t, target, epoch,
                             index=index, contrast_idx=contrast_idx)
         return weighted_sum(terms, self.weights), logit_s
@@ -124,10 +144,8 @@ class DistillStep:
     def __init__(self, student: nn.Module, teacher: nn.Module, method: nn.Module,
                  weights: Mapping[str, float], compile: bool = False,
                  device: torch.device | None = None, dist: DistContext | None = None) -> None:
-        self.student = student
         self.teacher = teacher
         self.method = method
-        self.weights = dict(weights)
         self.epoch = 1
         self.compiled = compile
         self.loss = StudentLoss(student, method, weights)
@@ -143,9 +161,7 @@ class DistillStep:
 
     def teacher_forward(self, images: torch.Tensor):
         """Teacher features (when the method reads them) and logits."""
-        if self.method.needs_feats:
-            return self.teacher(images, is_feat=True, preact=self.method.needs_preact)
-        return None, self.teacher(images)
+        return outputs_for(self.teacher, images, self.method)
 
     def teacher_outputs(self, images: torch.Tensor):
         """:meth:`teacher_forward` without autograd, as ordinary tensors the loss may save."""

@@ -13,9 +13,7 @@ modules, so checkpoints do not depend on the number of processes and ``--resume`
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -60,16 +58,6 @@ def place_model(model: nn.Module, opt, dist: DistContext) -> nn.Module:
     if getattr(opt, "channels_last", False):
         model.to(memory_format=torch.channels_last)
     return model
-
-
-def write_json_atomic(path: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON via a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def config_dict(opt) -> dict[str, Any]:

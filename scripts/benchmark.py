@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
 from dataset.synthetic import write_fake_cifar100  # noqa: E402
-from distiller_zoo import build_method, get_method, method_names  # noqa: E402
-from helper.distill import DistillStep, freeze, loss_weights  # noqa: E402
+from distiller_zoo import get_method, method_names  # noqa: E402
+from helper.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
 from helper.errors import exit_on_user_error  # noqa: E402
 from helper.loops import train_epoch  # noqa: E402
 from helper.trainer import make_optimizer  # noqa: E402
@@ -98,12 +98,8 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool) -> dict:
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
-    probe = torch.randn(2, 3, 32, 32, device=device)
-    student.eval()
-    with torch.no_grad():
-        feat_s, _ = student(probe, is_feat=True, preact=method_cls.needs_preact)
-        feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.needs_preact)
-    method = build_method(opt.distill, mopt, student, teacher, feat_s, feat_t, n_data).to(device)
+    method = build_method_for(opt.distill, mopt, student, teacher,
+                              torch.randn(2, 3, 32, 32, device=device), n_data)
     optimizer = make_optimizer([p for m in [student, *method.trainable_modules()]
                                 for p in m.parameters()], mopt)
     step = DistillStep(student, teacher, method, loss_weights(mopt),
