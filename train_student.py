@@ -31,11 +31,12 @@ from helper.distill import (DistillStep, InitStep, build_method_for, freeze, los
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
 from helper.loops import train_epoch, validate
-from helper.naming import student_run_name, teacher_arch_from_path
+from helper.naming import METRICS_FILE, student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
 from helper.trainer import Run, make_optimizer, place_model, train_run
-from helper.util import set_seed
+from helper.trials import Trial, train_trials, trial_options
+from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
 
@@ -50,6 +51,9 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     group = parser.add_argument_group("distillation")
     group.add_argument("--distill", type=str, default="kdrefine", choices=method_names())
     group.add_argument("--trial", type=str, default="1", help="the experiment id")
+    group.add_argument("--trials", type=int, default=1,
+                       help="train N students, trials --trial .. --trial+N-1 (seeds --seed .. --seed+N-1), "
+                            "in one process against one teacher, whose forward they share")
     group.add_argument("-r", "--gamma", type=float, default=0.1, help="weight of the classification loss")
     group.add_argument("-a", "--alpha", type=float, default=0.9, help="weight of the KL divergence")
     group.add_argument("-b", "--beta", type=float, default=0.0, help="weight of the method's own loss")
@@ -101,35 +105,60 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
-    """Distill in this process (one of several under torchrun); returns the last test metrics."""
+    """Distill in this process (one of several under torchrun); returns the last test metrics
+    (of the first trial with ``--trials``)."""
     set_seed(opt.seed)
     device = dist.device
     finalize_device(opt, device)
     opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder)
-    opt.model_name = student_run_name(opt)
-    opt.save_folder = os.path.join("save", "student_model", opt.model_name)
-    opt.tb_folder = os.path.join("save", "student_tensorboards", opt.model_name)
+    if opt.trials > 1 and dist.enabled:
+        raise UserError("--trials runs its trials in one process; under torchrun give each "
+                        "trial its own run (scripts/run_trials.py)")
+    trial_opts = trial_options(opt, student_run_name)
+    data = [loaders_for(o, device, dist) for o in trial_opts]
+    test_loader = data[0][1]
+    teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
+    print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
+    if opt.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    trials = [build_trial(o, teacher, train_loader, test_loader, n_data, dist)
+              for o, (train_loader, _, n_data) in zip(trial_opts, data)]
+    headline = (f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
+                f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs")
+    if len(trials) == 1:
+        trials[0].last, trials[0].progress = train_run(trials[0].run, opt, trials[0].train_loader,
+                                                       test_loader, dist, headline, desc=opt.distill)
+    else:
+        train_trials(trials, test_loader, dist, headline, desc=opt.distill)
+    for trial in trials:
+        if trial.last and dist.is_main:
+            write_json_atomic(os.path.join(trial.opt.save_folder, METRICS_FILE), trial.last)
+    return trials[0].last
 
+
+def loaders_for(opt: argparse.Namespace, device: torch.device, dist: DistContext):
+    """``(train_loader, test_loader, n_data)`` of one trial (its data seed, see ``data_seed``)."""
     method_cls = get_method(opt.distill)
     loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
                      data_folder=opt.data_folder, loader=opt.loader, device=device,
-                     seed=opt.seed or 0, drop_last=method_cls.needs_full_batches,
+                     seed=data_seed(opt.seed, opt.trial), drop_last=method_cls.needs_full_batches,
                      channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
     if method_cls.needs_index:
         opt.nce_k = sample_k(opt.dataset, opt.nce_k)  # digits caps k to its small training split
-        train_loader, test_loader, n_data = get_sample_dataloaders(
-            opt.dataset, k=opt.nce_k, mode=opt.mode, **loader_kw)
-    else:
-        train_loader, test_loader, n_data = get_dataloaders(opt.dataset, **loader_kw)
+        return get_sample_dataloaders(opt.dataset, k=opt.nce_k, mode=opt.mode, **loader_kw)
+    return get_dataloaders(opt.dataset, **loader_kw)
 
-    teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
-    print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
 
+def build_trial(opt: argparse.Namespace, teacher: torch.nn.Module, train_loader, test_loader,
+                n_data: int, dist: DistContext) -> Trial:
+    """Student, method, optimizer (after the init stage of two-stage methods), step and run of
+    one trial. Student and method are initialised from ``opt.seed`` alone, so a trial of
+    ``--trials`` starts where the separate run with its seed starts."""
+    device = dist.device
+    set_seed(opt.seed)
     student = zoo_for(opt.dataset).build(opt.model_s, num_classes=num_classes(opt.dataset, opt.data_folder),
                                          blocktype=opt.blocktype)
     student = place_model(student, opt, dist)
-    if opt.channels_last:
-        teacher.to(memory_format=torch.channels_last)
     probe = next(iter(test_loader))[0][:2].to(device).float()
     method = build_method_for(opt.distill, opt, student, teacher, probe, n_data)
     dist.enable_sync(method)
@@ -146,13 +175,7 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
               state_modules={"model": student, "method": method},
               extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t},
               on_epoch_start=lambda epoch: setattr(step, "epoch", epoch))
-    last, _ = train_run(run, opt, train_loader, test_loader, dist,
-                        f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
-                        f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs",
-                        desc=opt.distill)
-    if last and dist.is_main:
-        write_json_atomic(os.path.join(opt.save_folder, "test_last_metrics.json"), last)
-    return last
+    return Trial(opt, run, step, train_loader)
 
 
 def run_init_stage(opt, student, teacher, method, train_loader, device,

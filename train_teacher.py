@@ -27,7 +27,7 @@ from helper.errors import exit_on_user_error
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
 from helper.trainer import Run, make_optimizer, place_model, train_run
-from helper.util import set_seed
+from helper.util import data_seed, set_seed
 from models import imagenet_model_dict, model_dict, zoo_for
 
 
@@ -65,7 +65,7 @@ def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     finalize_device(opt, device)
     train_loader, test_loader, _ = get_dataloaders(
         opt.dataset, batch_size=opt.batch_size, num_workers=opt.num_workers,
-        data_folder=opt.data_folder, loader=opt.loader, device=device, seed=opt.seed or 0,
+        data_folder=opt.data_folder, loader=opt.loader, device=device, seed=data_seed(opt.seed, opt.trial),
         channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
     model = zoo_for(opt.dataset).build(opt.model, num_classes=num_classes(opt.dataset, opt.data_folder))
     model = place_model(model, opt, dist)

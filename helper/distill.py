@@ -173,10 +173,13 @@ class DistillStep:
         # inference tensors cannot be saved for backward: hand the loss plain copies
         return (None if feat_t is None else [f.clone() for f in feat_t]), logit_t.clone()
 
-    def __call__(self, batch: Batch):
-        feat_t, logit_t = self.teacher_outputs(batch.images)
+    def student_loss(self, batch: Batch, feat_t, logit_t: torch.Tensor):
+        """The trained part of the step, given the teacher's outputs for ``batch``."""
         return self._student_loss(batch.images, feat_t, logit_t, batch.target, self.epoch,
                                   batch.index, batch.contrast_idx)
+
+    def __call__(self, batch: Batch):
+        return self.student_loss(batch, *self.teacher_outputs(batch.images))
 
 
 class InitLoss(nn.Module):

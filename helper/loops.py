@@ -107,33 +107,42 @@ def train_epoch(train_modules: Iterable[torch.nn.Module], loader: Iterable,
         module.train()
     meter = DeviceMeter(device)
     bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, dynamic_ncols=True,
-               disable=_bar_disabled(dist))
+               disable=bar_disabled(dist))
     step = 0
     for step, data in enumerate(bar, 1):
         batch = to_batch(data, device, channels_last)
-        with autocast_context(device, amp):
-            loss, logits = compute_loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss, logits = optimize(lambda: compute_loss(batch), optimizer, scaler, device, amp)
         meter.update(loss, logits.float(), batch.target)
         if print_freq and step % print_freq == 0:
-            stats = _checked(meter, epoch, step, dist)
+            stats = checked(meter, epoch, step, dist)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc']:.2f}")
-    return _checked(meter, epoch, step, dist)
+    return checked(meter, epoch, step, dist)
 
 
-def _bar_disabled(dist: DistContext | None) -> bool | None:
+def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+             optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler | None",
+             device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on ``compute_loss()`` (under autocast when ``amp``, through
+    ``scaler`` when given); returns its ``(loss, logits)``."""
+    with autocast_context(device, amp):
+        loss, logits = compute_loss()
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits
+
+
+def bar_disabled(dist: DistContext | None) -> bool | None:
     """tqdm's ``disable``: None (auto: off without a terminal) on rank 0, True elsewhere."""
     return None if dist is None or dist.is_main else True
 
 
-def _checked(meter: DeviceMeter, epoch: int, step: int,
+def checked(meter: DeviceMeter, epoch: int, step: int,
              dist: DistContext | None = None) -> dict[str, float]:
     stats = meter.read(dist)
     if not math.isfinite(stats["loss"]):
@@ -155,7 +164,7 @@ def validate(model: torch.nn.Module, loader: Iterable, device: torch.device, amp
     """
     model.eval()
     meter = DeviceMeter(device)
-    for data in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=_bar_disabled(dist)):
+    for data in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=bar_disabled(dist)):
         batch = to_batch(data, device, channels_last)
         with autocast_context(device, amp):
             logits = model(batch.images)

@@ -122,37 +122,49 @@ def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=N
     scaler = make_grad_scaler(device, amp)
     last: dict[str, float] = {}
     for epoch in range(progress.start_epoch, opt.epochs + 1):
-        lr = adjust_learning_rate(epoch, opt, run.optimizer)
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        if run.on_epoch_start:
-            run.on_epoch_start(epoch)
+        lr = start_epoch(run, opt, train_loader, epoch)
         start = time.time()
         train = train_epoch(run.train_modules, train_loader, run.optimizer, run.compute_loss, device,
                             epoch, print_freq=opt.print_freq, amp=amp, scaler=scaler,
                             channels_last=getattr(opt, "channels_last", False), desc=desc,
                             dist=dist)
-        seconds = time.time() - start
-        dist.broadcast_buffers(*run.state_modules.values())
-        test = validate(run.eval_model, test_loader, device, amp=amp,
-                        channels_last=getattr(opt, "channels_last", False), dist=dist)
-        is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
-        progress.best_acc = max(progress.best_acc, test["acc"])
-        print(f"epoch {epoch:3d}/{opt.epochs} lr {lr:.4g} | train loss {train['loss']:.4f} "
-              f"acc {train['acc']:.2f} | test loss {test['loss']:.4f} acc {test['acc']:.2f} "
-              f"top5 {test['acc_top5']:.2f} | best {progress.best_acc:.2f} | {seconds:.1f}s", flush=True)
-        if writer is not None:
-            for key, value in (("train_loss", train["loss"]), ("train_acc", train["acc"]),
-                               ("test_loss", test["loss"]), ("test_acc", test["acc"]),
-                               ("test_acc_top5", test["acc_top5"]), ("lr", lr)):
-                writer.add_scalar(key, value, epoch)
-            writer.flush()
-
-        if dist.is_main:
-            save_epoch(run, opt, epoch, test["acc"], progress.best_acc, is_best)
-        last = {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
-                "epoch": epoch}
+        last = end_epoch(run, opt, epoch, lr, train, time.time() - start, test_loader, progress,
+                         writer, dist)
     return last
+
+
+def start_epoch(run: Run, opt, train_loader, epoch: int) -> float:
+    """Set the epoch's learning rate (returned) and tell the loader and the run which epoch starts."""
+    lr = adjust_learning_rate(epoch, opt, run.optimizer)
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(epoch)
+    if run.on_epoch_start:
+        run.on_epoch_start(epoch)
+    return lr
+
+
+def end_epoch(run: Run, opt, epoch: int, lr: float, train: dict[str, float], seconds: float,
+              test_loader, progress: Progress, writer, dist: DistContext, label: str = "") -> dict[str, float]:
+    """After training epoch ``epoch``: evaluate, print the summary line (prefixed by ``label``),
+    log TensorBoard scalars, save the checkpoints; returns the test metrics."""
+    dist.broadcast_buffers(*run.state_modules.values())
+    test = validate(run.eval_model, test_loader, dist.device, amp=getattr(opt, "amp", False),
+                    channels_last=getattr(opt, "channels_last", False), dist=dist)
+    is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
+    progress.best_acc = max(progress.best_acc, test["acc"])
+    print(f"{label}epoch {epoch:3d}/{opt.epochs} lr {lr:.4g} | train loss {train['loss']:.4f} "
+          f"acc {train['acc']:.2f} | test loss {test['loss']:.4f} acc {test['acc']:.2f} "
+          f"top5 {test['acc_top5']:.2f} | best {progress.best_acc:.2f} | {seconds:.1f}s", flush=True)
+    if writer is not None:
+        for key, value in (("train_loss", train["loss"]), ("train_acc", train["acc"]),
+                           ("test_loss", test["loss"]), ("test_acc", test["acc"]),
+                           ("test_acc_top5", test["acc_top5"]), ("lr", lr)):
+            writer.add_scalar(key, value, epoch)
+        writer.flush()
+    if dist.is_main:
+        save_epoch(run, opt, epoch, test["acc"], progress.best_acc, is_best)
+    return {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
+            "epoch": epoch}
 
 
 def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_best: bool) -> None:

@@ -77,6 +77,14 @@ def set_seed(seed: int | None) -> None:
     torch.manual_seed(seed)
 
 
+def data_seed(seed: int | None, trial: str) -> int:
+    """Seed of the loader's shuffling and augmentation: ``seed`` when given, else the trial
+    number (so that unseeded trials 1..5 of a table cell see different data orders), else 0."""
+    if seed is not None:
+        return seed
+    return int(trial) if str(trial).isdigit() else 0
+
+
 def resolve_device(name: str | None = None) -> torch.device:
     """``cuda`` when available unless ``name`` says otherwise."""
     if name in (None, "", "auto"):

@@ -1,0 +1,161 @@
+"""Several trials of one table cell in one process (``train_student.py --trials N``).
+
+The published table reports the mean of 5 runs per cell. ``--trials N`` trains the N students of
+trials ``t, t+1, ..., t+N-1`` (``t`` = ``--trial``) side by side against one teacher: each step
+draws one batch per trial (every trial its own loader, seeded by its own seed), runs the frozen
+teacher once on all of them together, then takes each trial's optimizer step. Each trial keeps
+everything a separate run has — student, method, optimizer, grad scaler, best accuracy, save
+folder, TensorBoard folder, checkpoints — so trial ``t+k`` of a ``--trials`` run computes what
+``--trial t+k --seed s+k`` computes alone (with ``--seed s``; unseeded, its data order comes
+from its trial number, see :func:`helper.util.data_seed`), and any trial can be resumed or
+evaluated on its own afterwards.
+
+What is shared is the teacher's forward: one call on ``N x batch`` images instead of N calls.
+On a GPU at batch 64 the teacher is bound by per-call latency, so the N-fold batch costs little
+more than one; on a CPU the work is arithmetic and the saving small (see the README's figures).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from helper.distill import DistillStep
+from helper.distributed import DistContext
+from helper.errors import UserError
+from helper.loops import (DeviceMeter, autocast_context, bar_disabled, checked, make_grad_scaler,
+                          optimize, to_batch)
+from helper.trainer import Progress, Run, end_epoch, resume, start_epoch
+
+
+def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]:
+    """One options object per trial: ``opt`` itself when ``opt.trials`` is 1, else copies with
+    ``trial`` = ``opt.trial + k`` and ``seed`` = ``opt.seed + k`` (None stays None), and each
+    trial's ``model_name``, ``save_folder`` and ``tb_folder`` (``run_name(opt)`` names the run)."""
+    n = getattr(opt, "trials", 1)
+    if n < 1:
+        raise UserError(f"--trials must be at least 1, got {n}")
+    if n > 1 and not str(opt.trial).isdigit():
+        raise UserError(f"--trials {n} numbers its trials from --trial, which must then be an "
+                        f"integer such as 1; got --trial {opt.trial}")
+    if n > 1 and opt.resume not in (None, "auto"):
+        raise UserError("--resume CKPT names one checkpoint; with --trials give --resume alone "
+                        "(each trial continues from its own <model>_last.pth)")
+    trials = []
+    for k in range(n):
+        one = opt if n == 1 else copy.copy(opt)
+        if n > 1:
+            one.trial = str(int(opt.trial) + k)
+            one.seed = None if opt.seed is None else opt.seed + k
+        one.model_name = run_name(one)
+        one.save_folder = os.path.join("save", "student_model", one.model_name)
+        one.tb_folder = os.path.join("save", "student_tensorboards", one.model_name)
+        trials.append(one)
+    return trials
+
+
+@dataclass
+class Trial:
+    """One trial's run, step, training loader and counters."""
+
+    opt: argparse.Namespace
+    run: Run
+    step: DistillStep
+    train_loader: object
+    progress: Progress = field(default_factory=Progress)
+    scaler: "torch.amp.GradScaler | None" = None
+    writer: object = None
+    last: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.opt.trial} | "
+
+
+def split_outputs(feat_t, logit_t: torch.Tensor, sizes: list[int]):
+    """Per-trial ``(feat_t, logit_t)`` of teacher outputs computed on the concatenated batches."""
+    logits = logit_t.split(sizes)
+    if feat_t is None:
+        return [(None, logit) for logit in logits]
+    feats = list(zip(*(f.split(sizes) for f in feat_t)))
+    return [(list(f), logit) for f, logit in zip(feats, logits)]
+
+
+def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, print_freq: int = 100,
+                       amp: bool = False, channels_last: bool = False, desc: str = "train",
+                       dist: DistContext | None = None) -> list[dict[str, float]]:
+    """One epoch of every trial, step by step together: one teacher forward for all trials'
+    batches, then each trial's own optimizer step. Returns each trial's mean loss and top-1/5."""
+    for trial in trials:
+        for module in trial.run.train_modules:
+            module.train()
+    meters = [DeviceMeter(device) for _ in trials]
+    loaders = [trial.train_loader for trial in trials]
+    bar = tqdm(zip(*loaders), total=min(len(loader) for loader in loaders),
+               desc=f"{desc} epoch {epoch} x{len(trials)} trials", leave=False, dynamic_ncols=True,
+               disable=bar_disabled(dist))
+    step = 0
+    for step, datas in enumerate(bar, 1):
+        batches = [to_batch(data, device, channels_last) for data in datas]
+        with autocast_context(device, amp):
+            teacher = trials[0].step.teacher_outputs(torch.cat([b.images for b in batches]))
+        per_trial = split_outputs(*teacher, [b.images.size(0) for b in batches])
+        for trial, batch, outputs, meter in zip(trials, batches, per_trial, meters):
+            loss, logits = optimize(lambda: trial.step.student_loss(batch, *outputs),
+                                    trial.run.optimizer, trial.scaler, device, amp)
+            meter.update(loss, logits.float(), batch.target)
+        if print_freq and step % print_freq == 0:
+            stats = [checked(meter, epoch, step, dist) for meter in meters]
+            bar.set_postfix(loss=" ".join(f"{s['loss']:.3f}" for s in stats))
+    return [checked(meter, epoch, step, dist) for meter in meters]
+
+
+def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
+               desc: str = "train") -> None:
+    """Train every trial from its own ``progress.start_epoch`` to ``epochs`` (trials resumed at
+    different epochs join when their epoch comes); each trial's last metrics land in ``last``."""
+    opt = trials[0].opt
+    amp = getattr(opt, "amp", False)
+    for trial in trials:
+        trial.scaler = make_grad_scaler(dist.device, amp)
+    for epoch in range(min(t.progress.start_epoch for t in trials), epochs + 1):
+        active = [t for t in trials if t.progress.start_epoch <= epoch]
+        rates = [start_epoch(t.run, t.opt, t.train_loader, epoch) for t in active]
+        start = time.time()
+        stats = train_trials_epoch(active, dist.device, epoch, print_freq=opt.print_freq, amp=amp,
+                                   channels_last=getattr(opt, "channels_last", False), desc=desc,
+                                   dist=dist)
+        seconds = time.time() - start
+        for trial, lr, train in zip(active, rates, stats):
+            trial.last = end_epoch(trial.run, trial.opt, epoch, lr, train, seconds, test_loader,
+                                   trial.progress, trial.writer, dist, label=trial.label)
+
+
+def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: str,
+                 desc: str = "train") -> None:
+    """What ``train_run`` does for one run, for all trials: resume each (``--resume``), open
+    each one's TensorBoard writer (rank 0), print ``headline``, :func:`fit_trials`, print each
+    trial's best accuracy."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    opt = trials[0].opt
+    for trial in trials:
+        if opt.resume:
+            trial.progress = resume(trial.run, trial.run.last_path)
+        if dist.is_main:
+            os.makedirs(trial.opt.save_folder, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if dist.is_main:
+            for trial in trials:
+                trial.writer = stack.enter_context(SummaryWriter(trial.opt.tb_folder))
+        folders = ", ".join(t.opt.save_folder for t in trials)
+        print(f"{headline} on {dist.device}, {len(trials)} trials in one process; saving to {folders}")
+        fit_trials(trials, opt.epochs, test_loader, dist, desc=desc)
+    for trial in trials:
+        print(f"{trial.label}best accuracy: {trial.progress.best_acc:.2f}")
