@@ -9,7 +9,8 @@ The loss is ``r * cls + a * div + b * kd`` over the named terms the method retur
 weighting). Outputs (relative to the current directory):
 ``save/student_model/S_<s>_T_<t>_<dataset>_<distill>_r_<r>_a_<a>_b_<b>_<trial>/`` with
 ``<s>_last.pth``, ``<s>_best.pth`` and ``test_last_metrics.json``; TensorBoard scalars in
-``save/student_tensorboards/<same name>/``.
+``save/student_tensorboards/<same name>/``. ``--trials N`` trains trials ``--trial`` to
+``--trial + N - 1`` in this one process, sharing the teacher's forward (:mod:`helper.trials`).
 
 Under ``torchrun --nproc_per_node=N`` every process distills on its shard of the data: student
 and method are wrapped together in one DistributedDataParallel, the teacher stays outside it,

@@ -1,7 +1,7 @@
 """Training-step throughput of the classic path versus the fast path, in one process.
 
     python scripts/benchmark.py --teacher resnet110 --student represnet20 --distill kdrefine \\
-        [--device cpu|cuda] [--steps N] [--json] [--amp] [--compile] [--data_folder DIR]
+        [--device cpu|cuda] [--steps N] [--json] [--amp] [--compile] [--trials N] [--data_folder DIR]
 
 * classic: the CRD/KDrefine way — torchvision DataLoader (PIL transforms), separate branches in
   every rep block, fp32, eager, NCHW;
@@ -14,7 +14,9 @@ Both run the real ``train_student.py`` step (:class:`helper.distill.DistillStep`
 no ``--data_folder`` is given (teacher and student are randomly initialized: speed does not
 depend on the weights). Prints images/s of each, their ratio, the projected time of a 240-epoch
 CIFAR-100 run (50,000 images per epoch, training steps only) and peak memory; ``--json`` prints
-one JSON object instead.
+one JSON object instead. ``--trials N`` also times the fast path training N students at once as
+``train_student.py --trials N`` does, and reports what the N runs cost in single runs
+(``trials_cost_in_runs``: N when sharing gains nothing, 1 when the N runs are free).
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ from distiller_zoo import get_method, method_names  # noqa: E402
 from helper.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
 from helper.errors import exit_on_user_error  # noqa: E402
 from helper.loops import train_epoch  # noqa: E402
-from helper.trainer import make_optimizer  # noqa: E402
+from helper.trainer import Run, make_optimizer  # noqa: E402
+from helper.trials import Trial, train_trials_epoch  # noqa: E402
 from helper.util import resolve_device  # noqa: E402
 from models import build_model, check_model_name, is_rep_model  # noqa: E402
 
@@ -61,6 +64,8 @@ def parse_option(argv=None) -> argparse.Namespace:
                         help="classic DataLoader workers (default: 0 on CPU, 4 on CUDA)")
     parser.add_argument("--amp", action="store_true", help="fast path: bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile")
+    parser.add_argument("--trials", type=int, default=1,
+                        help="also time the fast path training N students at once (train_student.py --trials)")
     parser.add_argument("--skip_classic", action="store_true", help="measure the fast path only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     opt = parser.parse_args(argv)
@@ -77,26 +82,38 @@ def method_options(opt) -> SimpleNamespace:
                            learning_rate=0.05, momentum=0.9, weight_decay=5e-4, model_s=opt.student)
 
 
-def run_path(opt, data_folder: str, device: torch.device, fast: bool) -> dict:
-    """Build loaders, models, method and optimizer for one path; time ``opt.steps`` steps."""
-    torch.manual_seed(0)
+class Steps:
+    """The first ``n`` batches of ``loader`` repeated epoch after epoch (with a length, for the bar)."""
+
+    def __init__(self, loader, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.n)
+
+
+def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
+                seed: int) -> Trial:
+    """Loader, student, method, optimizer and step of one path (one trial of it)."""
     channels_last = fast  # the training scripts' default (helper.options.finalize_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
     method_cls = get_method(opt.distill)
     mopt = method_options(opt)
     loader_kw = dict(batch_size=opt.batch_size, num_workers=workers, data_folder=data_folder,
-                     loader="device" if fast else "torchvision", device=device, seed=0,
+                     loader="device" if fast else "torchvision", device=device, seed=seed,
                      channels_last=channels_last, drop_last=True)
     if method_cls.needs_index:
         train_loader, _, n_data = get_sample_dataloaders("cifar100", k=mopt.nce_k, **loader_kw)
     else:
         train_loader, _, n_data = get_dataloaders("cifar100", **loader_kw)
+    torch.manual_seed(seed)
     n_cls = num_classes("cifar100")
-    teacher = freeze(build_model(opt.teacher, num_classes=n_cls).to(device))
     extra = {"fused": "auto" if fast else False} if is_rep_model(opt.student) else {}
     student = build_model(opt.student, num_classes=n_cls, **extra).to(device)
     if channels_last:
-        teacher.to(memory_format=torch.channels_last)
         student.to(memory_format=torch.channels_last)
     method = build_method_for(opt.distill, mopt, student, teacher,
                               torch.randn(2, 3, 32, 32, device=device), n_data)
@@ -104,15 +121,35 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool) -> dict:
                                 for p in m.parameters()], mopt)
     step = DistillStep(student, teacher, method, loss_weights(mopt),
                        compile=fast and opt.compile, device=device)
-    amp = fast and opt.amp
+    run = Run(name=opt.student, save_folder="", train_modules=[student, method], eval_model=student,
+              optimizer=optimizer, compute_loss=step, state_modules={})
+    return Trial(mopt, run, step, train_loader)
 
-    def batches(n: int):
-        return itertools.islice(itertools.chain.from_iterable(itertools.repeat(train_loader)), n)
+
+def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: int = 1) -> dict:
+    """Build one path (``trials`` students for ``--trials``); time ``opt.steps`` steps."""
+    torch.manual_seed(0)
+    channels_last = fast
+    teacher = freeze(build_model(opt.teacher, num_classes=num_classes("cifar100")).to(device))
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    runs = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
+    amp = fast and opt.amp
+    desc = "fast" if fast else "classic"
 
     def timed(n: int) -> float:
         start = time.perf_counter()
-        train_epoch([student, method], batches(n), optimizer, step, device, epoch=1, print_freq=0,
-                    amp=amp, channels_last=channels_last, desc="fast" if fast else "classic")
+        if trials == 1:
+            run = runs[0]
+            train_epoch(run.run.train_modules, Steps(run.train_loader, n), run.run.optimizer, run.step,
+                        device, epoch=1, print_freq=0, amp=amp, channels_last=channels_last, desc=desc)
+        else:
+            for run in runs:
+                run.train_loader = Steps(run.train_loader, n)
+            train_trials_epoch(runs, device, epoch=1, print_freq=0, amp=amp,
+                               channels_last=channels_last, desc=desc)
+            for run in runs:
+                run.train_loader = run.train_loader.loader
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -123,7 +160,7 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool) -> dict:
     seconds = timed(opt.steps)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"img_s": opt.steps * opt.batch_size / seconds, "peak_mem_mb": peak}
+    return {"img_s": trials * opt.steps * opt.batch_size / seconds, "peak_mem_mb": peak}
 
 
 def device_name(device: torch.device) -> str:
@@ -143,6 +180,7 @@ def main(argv=None) -> dict:
             write_fake_cifar100(tmp, n_train=opt.n_train, n_test=100, seed=0)
         classic = None if opt.skip_classic else run_path(opt, data_folder, device, fast=False)
         fast = run_path(opt, data_folder, device, fast=True)
+        several = run_path(opt, data_folder, device, fast=True, trials=opt.trials) if opt.trials > 1 else None
     result = {
         "device": device_name(device),
         "classic_img_s": round(classic["img_s"], 1) if classic else None,
@@ -154,6 +192,11 @@ def main(argv=None) -> dict:
                    "batch_size": opt.batch_size, "steps": opt.steps, "amp": opt.amp,
                    "compile": opt.compile},
     }
+    if several:
+        cell_s = 240 * CIFAR_TRAIN_IMAGES * opt.trials / several["img_s"]
+        result.update(trials=opt.trials, trials_img_s=round(several["img_s"], 1),
+                      trials_projected_240_epochs_s=round(cell_s, 1),
+                      trials_cost_in_runs=round(cell_s / result["projected_240_epochs_s"], 2))
     if opt.json:
         print(json.dumps(result))
         return result
@@ -167,6 +210,9 @@ def main(argv=None) -> dict:
     if classic:
         print(f"speed-up: {result['ratio']:.2f}x")
     print(f"projected 240-epoch CIFAR-100 run (training steps): {result['projected_240_epochs_s'] / 60:.1f} min")
+    if several:
+        print(f"--trials {opt.trials} (fast path, one shared teacher forward): {several['img_s']:10.1f} img/s "
+              f"over all trials; the {opt.trials} runs cost {result['trials_cost_in_runs']:.2f} single runs")
     print(f"peak memory: {result['peak_mem_mb']:.0f} MB"
           + (" (process RSS)" if device.type == "cpu" else " (CUDA, fast path)"))
     return result

@@ -12,19 +12,32 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_benchmark_json_keys():
+def run_benchmark(*extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
                           "--teacher", "resnet8", "--student", "represnet8", "--distill", "kdrefine",
                           "--device", "cpu", "--steps", "2", "--warmup", "1", "--n_train", "256",
-                          "--json"], capture_output=True, text=True, env=env, timeout=300)
+                          "--json", *extra], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_json_keys():
+    result = run_benchmark()
     for key in ("device", "classic_img_s", "fast_img_s", "ratio", "projected_240_epochs_s", "peak_mem_mb"):
         assert key in result
     assert result["classic_img_s"] > 0 and result["fast_img_s"] > 0
     assert result["ratio"] == pytest.approx(result["fast_img_s"] / result["classic_img_s"], rel=0.01)
     assert result["projected_240_epochs_s"] == pytest.approx(240 * 50000 / result["fast_img_s"], rel=0.01)
+
+
+def test_benchmark_trials_reports_the_cost_of_n_runs():
+    result = run_benchmark("--trials", "2", "--skip_classic")
+    assert result["trials"] == 2 and result["trials_img_s"] > 0
+    assert result["trials_projected_240_epochs_s"] == pytest.approx(
+        2 * 240 * 50000 / result["trials_img_s"], rel=0.01)
+    assert result["trials_cost_in_runs"] == pytest.approx(
+        result["trials_projected_240_epochs_s"] / result["projected_240_epochs_s"], rel=0.01)
 
 
 def test_compiled_step_matches_eager_with_partial_last_batch(monkeypatch):

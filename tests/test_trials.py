@@ -11,7 +11,12 @@ import torch
 import train_student
 from helper.trials import split_outputs
 from helper.util import data_seed
-from tests.test_pipeline import TEACHER_LAST, exit_message, student_args, student_folder, workdir  # noqa: F401
+from tests.cli_helpers import exit_message, student_args, student_folder, teacher_workdir
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return teacher_workdir(tmp_path_factory, "trials")
 
 
 def final_state(trial: str, distill: str = "kdrefine") -> dict[str, torch.Tensor]:
