@@ -36,7 +36,7 @@ from helper.naming import METRICS_FILE, student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
 from helper.trainer import Run, make_optimizer, place_model, train_run
-from helper.trials import Trial, train_trials, trial_options
+from helper.trials import Trial, raise_failures, train_trials, trial_options
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
@@ -132,8 +132,9 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     else:
         train_trials(trials, test_loader, dist, headline, desc=opt.distill)
     for trial in trials:
-        if trial.last and dist.is_main:
+        if trial.last and not trial.failure and dist.is_main:
             write_json_atomic(os.path.join(trial.opt.save_folder, METRICS_FILE), trial.last)
+    raise_failures(trials)
     return trials[0].last
 
 

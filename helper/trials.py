@@ -29,8 +29,8 @@ from tqdm import tqdm
 from helper.distill import DistillStep
 from helper.distributed import DistContext
 from helper.errors import UserError
-from helper.loops import (DeviceMeter, autocast_context, bar_disabled, checked, make_grad_scaler,
-                          optimize, to_batch)
+from helper.loops import (DeviceMeter, NonFiniteLossError, autocast_context, bar_disabled, checked,
+                          make_grad_scaler, optimize, to_batch)
 from helper.trainer import Progress, Run, end_epoch, resume, start_epoch
 
 
@@ -72,6 +72,7 @@ class Trial:
     scaler: "torch.amp.GradScaler | None" = None
     writer: object = None
     last: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None  # why the trial stopped (its loss became NaN/inf), if it did
 
     @property
     def label(self) -> str:
@@ -89,9 +90,13 @@ def split_outputs(feat_t, logit_t: torch.Tensor, sizes: list[int]):
 
 def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, print_freq: int = 100,
                        amp: bool = False, channels_last: bool = False, desc: str = "train",
-                       dist: DistContext | None = None) -> list[dict[str, float]]:
+                       dist: DistContext | None = None) -> list[dict[str, float] | None]:
     """One epoch of every trial, step by step together: one teacher forward for all trials'
-    batches, then each trial's own optimizer step. Returns each trial's mean loss and top-1/5."""
+    batches, then each trial's own optimizer step. Returns each trial's mean loss and top-1/5.
+
+    A trial whose loss becomes NaN/inf (checked every ``print_freq`` steps and at the end) gets
+    its ``failure`` set and None as its statistics, and stops stepping; the others go on.
+    """
     for trial in trials:
         for module in trial.run.train_modules:
             module.train()
@@ -102,18 +107,38 @@ def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, pr
                disable=bar_disabled(dist))
     step = 0
     for step, datas in enumerate(bar, 1):
-        batches = [to_batch(data, device, channels_last) for data in datas]
+        live = [k for k, trial in enumerate(trials) if trial.failure is None]
+        if not live:
+            break
+        batches = [to_batch(datas[k], device, channels_last) for k in live]
         with autocast_context(device, amp):
-            teacher = trials[0].step.teacher_outputs(torch.cat([b.images for b in batches]))
+            teacher = trials[live[0]].step.teacher_outputs(torch.cat([b.images for b in batches]))
         per_trial = split_outputs(*teacher, [b.images.size(0) for b in batches])
-        for trial, batch, outputs, meter in zip(trials, batches, per_trial, meters):
+        for k, batch, outputs in zip(live, batches, per_trial):
+            trial = trials[k]
             loss, logits = optimize(lambda: trial.step.student_loss(batch, *outputs),
                                     trial.run.optimizer, trial.scaler, device, amp)
-            meter.update(loss, logits.float(), batch.target)
+            meters[k].update(loss, logits.float(), batch.target)
         if print_freq and step % print_freq == 0:
-            stats = [checked(meter, epoch, step, dist) for meter in meters]
-            bar.set_postfix(loss=" ".join(f"{s['loss']:.3f}" for s in stats))
-    return [checked(meter, epoch, step, dist) for meter in meters]
+            stats = _checked_trials(trials, meters, epoch, step, dist)
+            bar.set_postfix(loss=" ".join("-" if s is None else f"{s['loss']:.3f}" for s in stats))
+    return _checked_trials(trials, meters, epoch, step, dist)
+
+
+def _checked_trials(trials: list[Trial], meters: list[DeviceMeter], epoch: int, step: int,
+                    dist: DistContext | None) -> list[dict[str, float] | None]:
+    """Each live trial's statistics; a trial whose loss is no longer finite is marked failed."""
+    stats = []
+    for trial, meter in zip(trials, meters):
+        if trial.failure is None:
+            try:
+                stats.append(checked(meter, epoch, step, dist))
+                continue
+            except NonFiniteLossError as err:
+                trial.failure = str(err)
+                print(f"{trial.label}{err}; the other trials go on", flush=True)
+        stats.append(None)
+    return stats
 
 
 def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
@@ -125,7 +150,9 @@ def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
     for trial in trials:
         trial.scaler = make_grad_scaler(dist.device, amp)
     for epoch in range(min(t.progress.start_epoch for t in trials), epochs + 1):
-        active = [t for t in trials if t.progress.start_epoch <= epoch]
+        active = [t for t in trials if t.progress.start_epoch <= epoch and t.failure is None]
+        if not active:
+            break
         rates = [start_epoch(t.run, t.opt, t.train_loader, epoch) for t in active]
         start = time.time()
         stats = train_trials_epoch(active, dist.device, epoch, print_freq=opt.print_freq, amp=amp,
@@ -133,6 +160,8 @@ def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
                                    dist=dist)
         seconds = time.time() - start
         for trial, lr, train in zip(active, rates, stats):
+            if train is None:
+                continue  # failed this epoch: nothing saved, its last good checkpoint stays
             trial.last = end_epoch(trial.run, trial.opt, epoch, lr, train, seconds, test_loader,
                                    trial.progress, trial.writer, dist, label=trial.label)
 
@@ -158,4 +187,17 @@ def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: 
         print(f"{headline} on {dist.device}, {len(trials)} trials in one process; saving to {folders}")
         fit_trials(trials, opt.epochs, test_loader, dist, desc=desc)
     for trial in trials:
-        print(f"{trial.label}best accuracy: {trial.progress.best_acc:.2f}")
+        if trial.failure:
+            print(f"{trial.label}stopped: its loss became NaN/inf (last good checkpoint kept)")
+        else:
+            print(f"{trial.label}best accuracy: {trial.progress.best_acc:.2f}")
+
+
+def raise_failures(trials: list[Trial]) -> None:
+    """After the trials that finished have written their results: one line naming the trials
+    that stopped (their last good checkpoints left intact), as a non-zero exit."""
+    failed = [t for t in trials if t.failure]
+    if failed:
+        names = ", ".join(t.opt.trial for t in failed)
+        raise NonFiniteLossError(f"trial(s) {names} stopped ({failed[0].failure}); "
+                                 f"the other {len(trials) - len(failed)} finished")

@@ -79,6 +79,31 @@ def test_trials_resume_each_from_its_last_checkpoint(workdir, monkeypatch, capsy
         assert_states_close(final_state(trial)["model"], straight[trial])
 
 
+def test_a_diverging_trial_stops_alone(workdir, monkeypatch, capsys):
+    """Trial 8's loss turns NaN in epoch 2: trial 7 finishes and writes its metrics, trial 8
+    keeps its epoch-1 checkpoint and no metrics, and the run exits 2 with one line naming it."""
+    monkeypatch.chdir(workdir)
+    build = train_student.build_trial
+
+    def build_with_nan(opt, *args, **kwargs):
+        trial = build(opt, *args, **kwargs)
+        if opt.trial == "8":
+            student_loss = trial.step.student_loss
+
+            def poisoned(batch, feat_t, logit_t):
+                loss, logits = student_loss(batch, feat_t, logit_t)
+                return (loss * float("nan") if trial.step.epoch == 2 else loss), logits
+            trial.step.student_loss = poisoned
+        return trial
+
+    monkeypatch.setattr(train_student, "build_trial", build_with_nan)
+    msg = exit_message(capsys, train_student.main, student_args("--trial", "7", "--trials", "2"))
+    assert "trial(s) 8 stopped" in msg and "the other 1 finished" in msg
+    assert metrics("7")["epoch"] == 2
+    assert not os.path.exists(os.path.join(student_folder(trial="8"), "test_last_metrics.json"))
+    assert final_state("8")["epoch"] == 1 and final_state("7")["epoch"] == 2
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["--trials", "0"], "--trials must be at least 1"),
     (["--trials", "2", "--trial", "a"], "must then be an integer"),
