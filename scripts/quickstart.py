@@ -7,7 +7,7 @@
 then print a small results table. Outputs go under ``./save/`` like any run.
 
 Usage: python scripts/quickstart.py [--teacher resnet20] [--student represnet8]
-                                    [--teacher_epochs 6] [--student_epochs 5] [--batch_size 32]
+                                    [--teacher_epochs 6] [--student_epochs 10] [--batch_size 32]
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="resnet20")
     parser.add_argument("--student", default="represnet8")
     parser.add_argument("--teacher_epochs", type=int, default=6)
-    parser.add_argument("--student_epochs", type=int, default=5)
+    parser.add_argument("--student_epochs", type=int, default=10)
     parser.add_argument("--batch_size", type=int, default=32,
                         help="32 rather than 64: twice the updates per epoch on the small digits set")
     parser.add_argument("--seed", type=int, default=0)

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_quickstart_learns_on_digits(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "quickstart.py"),
-                          "--teacher_epochs", "3", "--student_epochs", "3"],
+                          "--teacher_epochs", "3", "--student_epochs", "8"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = dict(re.findall(r"\| (teacher|student .*?\| (?:train|deploy)).*?\| ([0-9.]+) \|", out.stdout))
