@@ -36,7 +36,7 @@ from helper.naming import METRICS_FILE, student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
 from helper.trainer import Run, make_optimizer, place_model, train_run
-from helper.trials import Trial, raise_failures, train_trials, trial_options
+from helper.trials import Trial, raise_failures, stack_trials, train_trials, trial_options
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
@@ -55,6 +55,10 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--trials", type=int, default=1,
                        help="train N students, trials --trial .. --trial+N-1 (seeds --seed .. --seed+N-1), "
                             "in one process against one teacher, whose forward they share")
+    group.add_argument("--trials_mode", type=str, default="auto", choices=["auto", "stacked", "shared_teacher"],
+                       help="stacked: the N students run as one vmapped model (one step for all; methods "
+                            "without parameters); shared_teacher: one step per trial; auto: stacked on CUDA "
+                            "where the method allows, else shared_teacher")
     group.add_argument("-r", "--gamma", type=float, default=0.1, help="weight of the classification loss")
     group.add_argument("-a", "--alpha", type=float, default=0.9, help="weight of the KL divergence")
     group.add_argument("-b", "--beta", type=float, default=0.0, help="weight of the method's own loss")
@@ -130,7 +134,8 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
         trials[0].last, trials[0].progress = train_run(trials[0].run, opt, trials[0].train_loader,
                                                        test_loader, dist, headline, desc=opt.distill)
     else:
-        train_trials(trials, test_loader, dist, headline, desc=opt.distill)
+        stacked = stack_trials(trials, opt.trials_mode, device, opt)
+        train_trials(trials, test_loader, dist, headline, desc=opt.distill, stacked=stacked)
     for trial in trials:
         if trial.last and not trial.failure and dist.is_main:
             write_json_atomic(os.path.join(trial.opt.save_folder, METRICS_FILE), trial.last)

@@ -123,16 +123,19 @@ def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
              optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler | None",
              device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on ``compute_loss()`` (under autocast when ``amp``, through
-    ``scaler`` when given); returns its ``(loss, logits)``."""
+    ``scaler`` when given); returns its ``(loss, logits)``. A loss with one value per stacked
+    trial (:mod:`helper.stacked`) is summed for the backward pass: the trials share no
+    parameter, so each gets the gradient of its own loss."""
     with autocast_context(device, amp):
         loss, logits = compute_loss()
+    total = loss.sum() if loss.dim() else loss
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        total.backward()
         optimizer.step()
     return loss, logits
 

@@ -31,7 +31,8 @@ from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.loops import (DeviceMeter, NonFiniteLossError, autocast_context, bar_disabled, checked,
                           make_grad_scaler, optimize, to_batch)
-from helper.trainer import Progress, Run, end_epoch, resume, start_epoch
+from helper.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
+from helper.trainer import Progress, Run, end_epoch, make_optimizer, resume, start_epoch
 
 
 def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]:
@@ -58,6 +59,40 @@ def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]
         one.tb_folder = os.path.join("save", "student_tensorboards", one.model_name)
         trials.append(one)
     return trials
+
+
+@dataclass
+class StackedTrials:
+    """The trials' students stacked into one model, stepped by one optimizer (:mod:`helper.stacked`)."""
+
+    model: StackedStudents
+    step: StackedStep
+    optimizer: torch.optim.Optimizer
+    scaler: "torch.amp.GradScaler | None" = None
+
+
+def stack_trials(trials: list[Trial], mode: str, device: torch.device, opt) -> StackedTrials | None:
+    """With ``mode`` 'stacked' (or 'auto' on CUDA, for a method :func:`can_stack` accepts),
+    stack the trials' students and give each trial its :class:`TrialOptimizer` slice; else None
+    (each trial steps on its own after the shared teacher forward)."""
+    method = trials[0].step.method
+    if mode == "shared_teacher" or len(trials) < 2:
+        return None
+    if not can_stack(method):
+        if mode == "stacked":
+            raise UserError(f"--trials_mode stacked needs a method without parameters, buffers, init "
+                            f"stage or sample indices; --distill {opt.distill} has some: use "
+                            f"--trials_mode shared_teacher")
+        return None
+    if mode == "auto" and device.type != "cuda":
+        return None  # measured slower on CPU (see helper.stacked)
+    students = [trial.step.loss.student for trial in trials]
+    model = StackedStudents(students)
+    optimizer = make_optimizer(model.stacked_params, opt)
+    for k, trial in enumerate(trials):
+        trial.run.optimizer = TrialOptimizer(optimizer, list(model.stacked_params), k)
+    step = StackedStep(model, trials[0].step, method, trials[0].step.loss.weights)
+    return StackedTrials(model, step, optimizer)
 
 
 @dataclass
@@ -90,16 +125,21 @@ def split_outputs(feat_t, logit_t: torch.Tensor, sizes: list[int]):
 
 def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, print_freq: int = 100,
                        amp: bool = False, channels_last: bool = False, desc: str = "train",
-                       dist: DistContext | None = None) -> list[dict[str, float] | None]:
+                       dist: DistContext | None = None,
+                       stacked: StackedTrials | None = None) -> list[dict[str, float] | None]:
     """One epoch of every trial, step by step together: one teacher forward for all trials'
-    batches, then each trial's own optimizer step. Returns each trial's mean loss and top-1/5.
+    batches, then each trial's own optimizer step — or, with ``stacked``, one step of the
+    stacked students. Returns each trial's mean loss and top-1/5.
 
     A trial whose loss becomes NaN/inf (checked every ``print_freq`` steps and at the end) gets
-    its ``failure`` set and None as its statistics, and stops stepping; the others go on.
+    its ``failure`` set and None as its statistics and is no longer counted (nor, unstacked,
+    stepped); the others go on.
     """
     for trial in trials:
         for module in trial.run.train_modules:
             module.train()
+    if stacked is not None:
+        stacked.model.train()
     meters = [DeviceMeter(device) for _ in trials]
     loaders = [trial.train_loader for trial in trials]
     bar = tqdm(zip(*loaders), total=min(len(loader) for loader in loaders),
@@ -110,6 +150,15 @@ def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, pr
         live = [k for k, trial in enumerate(trials) if trial.failure is None]
         if not live:
             break
+        if stacked is not None:
+            batches = [to_batch(data, device) for data in datas]
+            losses, logits = optimize(lambda: stacked.step(batches), stacked.optimizer,
+                                      stacked.scaler, device, amp)
+            for k in live:
+                meters[k].update(losses[k], logits[k].float(), batches[k].target)
+            if print_freq and step % print_freq == 0:
+                _checked_trials(trials, meters, epoch, step, dist)
+            continue
         batches = [to_batch(datas[k], device, channels_last) for k in live]
         with autocast_context(device, amp):
             teacher = trials[live[0]].step.teacher_outputs(torch.cat([b.images for b in batches]))
@@ -142,22 +191,31 @@ def _checked_trials(trials: list[Trial], meters: list[DeviceMeter], epoch: int, 
 
 
 def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
-               desc: str = "train") -> None:
+               desc: str = "train", stacked: StackedTrials | None = None) -> None:
     """Train every trial from its own ``progress.start_epoch`` to ``epochs`` (trials resumed at
-    different epochs join when their epoch comes); each trial's last metrics land in ``last``."""
+    different epochs join when their epoch comes; stacked trials must all be at one epoch);
+    each trial's last metrics land in ``last``."""
     opt = trials[0].opt
     amp = getattr(opt, "amp", False)
     for trial in trials:
         trial.scaler = make_grad_scaler(dist.device, amp)
+    if stacked is not None:
+        stacked.scaler = make_grad_scaler(dist.device, amp)
+        if len({t.progress.start_epoch for t in trials}) > 1:
+            raise UserError("the trials resumed at different epochs, which stacked trials cannot "
+                            "train together: resume with --trials_mode shared_teacher")
     for epoch in range(min(t.progress.start_epoch for t in trials), epochs + 1):
         active = [t for t in trials if t.progress.start_epoch <= epoch and t.failure is None]
         if not active:
             break
+        if stacked is not None:
+            stacked.step.epoch = epoch
+            active = trials  # the stack steps every trial; failed ones are no longer saved
         rates = [start_epoch(t.run, t.opt, t.train_loader, epoch) for t in active]
         start = time.time()
         stats = train_trials_epoch(active, dist.device, epoch, print_freq=opt.print_freq, amp=amp,
                                    channels_last=getattr(opt, "channels_last", False), desc=desc,
-                                   dist=dist)
+                                   dist=dist, stacked=stacked)
         seconds = time.time() - start
         for trial, lr, train in zip(active, rates, stats):
             if train is None:
@@ -167,7 +225,7 @@ def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
 
 
 def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: str,
-                 desc: str = "train") -> None:
+                 desc: str = "train", stacked: StackedTrials | None = None) -> None:
     """What ``train_run`` does for one run, for all trials: resume each (``--resume``), open
     each one's TensorBoard writer (rank 0), print ``headline``, :func:`fit_trials`, print each
     trial's best accuracy."""
@@ -184,8 +242,10 @@ def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: 
             for trial in trials:
                 trial.writer = stack.enter_context(SummaryWriter(trial.opt.tb_folder))
         folders = ", ".join(t.opt.save_folder for t in trials)
-        print(f"{headline} on {dist.device}, {len(trials)} trials in one process; saving to {folders}")
-        fit_trials(trials, opt.epochs, test_loader, dist, desc=desc)
+        how = "stacked students" if stacked else "one step per trial"
+        print(f"{headline} on {dist.device}, {len(trials)} trials in one process ({how}); "
+              f"saving to {folders}")
+        fit_trials(trials, opt.epochs, test_loader, dist, desc=desc, stacked=stacked)
     for trial in trials:
         if trial.failure:
             print(f"{trial.label}stopped: its loss became NaN/inf (last good checkpoint kept)")

@@ -371,7 +371,7 @@ def _batch_norm_branches(y: Tensor, bns: list[nn.BatchNorm2d], groups: int) -> T
     bias = stack_branches([bn.bias for bn in bns], groups)
     if not first.track_running_stats:
         return F.batch_norm(y, None, None, weight, bias, True, 0.0, first.eps)
-    torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+    _add_([bn.num_batches_tracked for bn in bns], 1)
     factor = first.momentum if first.momentum is not None else \
         1.0 / float(first.num_batches_tracked)
     running_mean = stack_branches([bn.running_mean for bn in bns], groups)
@@ -380,9 +380,33 @@ def _batch_norm_branches(y: Tensor, bns: list[nn.BatchNorm2d], groups: int) -> T
     with torch.no_grad():
         means = unstack_branches(running_mean, len(bns), groups).unbind(0)
         variances = unstack_branches(running_var, len(bns), groups).unbind(0)
-        torch._foreach_copy_([bn.running_mean for bn in bns] + [bn.running_var for bn in bns],
-                             list(means) + list(variances))
+        _copy_([bn.running_mean for bn in bns] + [bn.running_var for bn in bns],
+               list(means) + list(variances))
     return out
+
+
+def _under_vmap(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is batched by ``torch.func.vmap`` (stacked ``--trials`` students):
+    the multi-tensor ``_foreach_*`` kernels have no batching rule there."""
+    return torch._C._functorch.is_batchedtensor(tensor)
+
+
+def _add_(tensors: list[Tensor], value: int) -> None:
+    """In-place ``t += value`` for each tensor (one multi-tensor kernel outside vmap)."""
+    if _under_vmap(tensors[0]):
+        for t in tensors:
+            t.add_(value)
+    else:
+        torch._foreach_add_(tensors, value)
+
+
+def _copy_(targets: list[Tensor], sources: list[Tensor]) -> None:
+    """In-place ``t.copy_(s)`` pairwise (one multi-tensor kernel outside vmap)."""
+    if _under_vmap(targets[0]):
+        for t, s in zip(targets, sources):
+            t.copy_(s)
+    else:
+        torch._foreach_copy_(targets, sources)
 
 
 @register_block_type("AMBB")

@@ -41,7 +41,7 @@ from helper.distill import DistillStep, build_method_for, freeze, loss_weights  
 from helper.errors import exit_on_user_error  # noqa: E402
 from helper.loops import train_epoch  # noqa: E402
 from helper.trainer import Run, make_optimizer  # noqa: E402
-from helper.trials import Trial, train_trials_epoch  # noqa: E402
+from helper.trials import Trial, stack_trials, train_trials_epoch  # noqa: E402
 from helper.util import resolve_device  # noqa: E402
 from models import build_model, check_model_name, is_rep_model  # noqa: E402
 
@@ -66,6 +66,8 @@ def parse_option(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="fast path: torch.compile")
     parser.add_argument("--trials", type=int, default=1,
                         help="also time the fast path training N students at once (train_student.py --trials)")
+    parser.add_argument("--trials_mode", default="auto", choices=["auto", "stacked", "shared_teacher"],
+                        help="how --trials trains (as train_student.py --trials_mode)")
     parser.add_argument("--skip_classic", action="store_true", help="measure the fast path only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     opt = parser.parse_args(argv)
@@ -79,7 +81,8 @@ def method_options(opt) -> SimpleNamespace:
     return SimpleNamespace(kd_T=4.0, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5, mode="exact",
                            hint_layer=2, logit_stand=False, init_epochs=30, epochs=240,
                            batch_size=opt.batch_size, gamma=0.1, alpha=0.9, beta=0.0,
-                           learning_rate=0.05, momentum=0.9, weight_decay=5e-4, model_s=opt.student)
+                           learning_rate=0.05, momentum=0.9, weight_decay=5e-4, model_s=opt.student,
+                           distill=opt.distill)
 
 
 class Steps:
@@ -134,6 +137,7 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: in
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     runs = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
+    stacked = stack_trials(runs, opt.trials_mode, device, runs[0].opt) if trials > 1 else None
     amp = fast and opt.amp
     desc = "fast" if fast else "classic"
 
@@ -147,7 +151,7 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: in
             for run in runs:
                 run.train_loader = Steps(run.train_loader, n)
             train_trials_epoch(runs, device, epoch=1, print_freq=0, amp=amp,
-                               channels_last=channels_last, desc=desc)
+                               channels_last=channels_last, desc=desc, stacked=stacked)
             for run in runs:
                 run.train_loader = run.train_loader.loader
         if device.type == "cuda":
@@ -190,7 +194,7 @@ def main(argv=None) -> dict:
         "peak_mem_mb": round(fast["peak_mem_mb"], 1),
         "config": {"teacher": opt.teacher, "student": opt.student, "distill": opt.distill,
                    "batch_size": opt.batch_size, "steps": opt.steps, "amp": opt.amp,
-                   "compile": opt.compile},
+                   "compile": opt.compile, "trials_mode": opt.trials_mode},
     }
     if several:
         cell_s = 240 * CIFAR_TRAIN_IMAGES * opt.trials / several["img_s"]
@@ -211,7 +215,7 @@ def main(argv=None) -> dict:
         print(f"speed-up: {result['ratio']:.2f}x")
     print(f"projected 240-epoch CIFAR-100 run (training steps): {result['projected_240_epochs_s'] / 60:.1f} min")
     if several:
-        print(f"--trials {opt.trials} (fast path, one shared teacher forward): {several['img_s']:10.1f} img/s "
+        print(f"--trials {opt.trials} (fast path, --trials_mode {opt.trials_mode}): {several['img_s']:10.1f} img/s "
               f"over all trials; the {opt.trials} runs cost {result['trials_cost_in_runs']:.2f} single runs")
     print(f"peak memory: {result['peak_mem_mb']:.0f} MB"
           + (" (process RSS)" if device.type == "cpu" else " (CUDA, fast path)"))
