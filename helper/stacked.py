@@ -15,9 +15,9 @@ reads, and ``load_state_dict()`` (resume) writes, the stack. One SGD steps all s
 parameters; :class:`TrialOptimizer` presents trial k's slice of its state as the state dict of a
 separate run's optimizer, so each trial's checkpoint is exactly a separate run's checkpoint.
 
-Stacking needs a method without parameters, buffers, init stage or sample indices (kd,
-kdrefine, dkd and the parameter-free feature losses); the others train with a shared teacher
-forward and one step per trial (:mod:`helper.trials`).
+Stacking needs a method without parameters, buffers, init stage or sample indices whose loss
+vmap can batch: kd, kdrefine, dkd, attention, similarity, pkt, nst and kdsvd. The others train
+with a shared teacher forward and one step per trial (:mod:`helper.trials`).
 """
 from __future__ import annotations
 
@@ -34,9 +34,11 @@ from helper.loops import Batch
 
 
 def can_stack(method: nn.Module) -> bool:
-    """Whether ``method`` can run under ``vmap`` for stacked students: it owns no parameters or
-    buffers (nothing per trial to stack) and needs no init stage or sample indices."""
-    return (not any(True for _ in method.parameters()) and not any(True for _ in method.buffers())
+    """Whether ``method`` can run under ``vmap`` for stacked students: its loss has batching
+    rules (``stackable``), it owns no parameters or buffers (nothing per trial to stack) and
+    needs no init stage or sample indices."""
+    return (method.stackable and not any(True for _ in method.parameters())
+            and not any(True for _ in method.buffers())
             and not method.has_init_stage and not method.needs_index)
 
 
@@ -62,6 +64,8 @@ class StackedStudents(nn.Module):
 
     def __init__(self, students: list[nn.Module]) -> None:
         super().__init__()
+        for student in students:
+            student.train()  # stacking wants one mode; the stacked forward's mode is set by train()
         params, buffers = stack_module_state(students)
         self.names = list(params)
         self.stacked_params = nn.ParameterList([nn.Parameter(params[n]) for n in self.names])

@@ -81,8 +81,8 @@ def stack_trials(trials: list[Trial], mode: str, device: torch.device, opt) -> S
     if not can_stack(method):
         if mode == "stacked":
             raise UserError(f"--trials_mode stacked needs a method without parameters, buffers, init "
-                            f"stage or sample indices; --distill {opt.distill} has some: use "
-                            f"--trials_mode shared_teacher")
+                            f"stage or sample indices whose loss vmap can batch; --distill "
+                            f"{opt.distill} is not one: use --trials_mode shared_teacher")
         return None
     if mode == "auto" and device.type != "cuda":
         return None  # measured slower on CPU (see helper.stacked)

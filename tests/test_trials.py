@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train_student
+from distiller_zoo import method_names
 from helper.trials import split_outputs
 from helper.util import data_seed
 from tests.cli_helpers import exit_message, student_args, student_folder, teacher_workdir
@@ -207,3 +208,44 @@ def test_stacked_students_step_like_separate_ones_in_float64(fused, distill):
     for p in stacked.stacked_params:
         torch.testing.assert_close(fresh.state[p]["momentum_buffer"], stacked_opt.state[p]["momentum_buffer"],
                                    rtol=1e-9, atol=1e-11)
+
+
+STACKABLE = ["attention", "dkd", "kd", "kdrefine", "kdsvd", "nst", "pkt", "similarity"]
+
+
+@pytest.mark.parametrize("distill", method_names())
+def test_every_stackable_method_gives_the_separate_losses(distill):
+    """The methods :func:`can_stack` accepts are exactly the listed ones, and for each the stacked
+    loss of two students equals the separate losses (float64); the others fall back."""
+    from types import SimpleNamespace
+
+    from helper.distill import DistillStep, build_method_for, freeze, loss_weights
+    from helper.loops import Batch
+    from helper.stacked import StackedStep, StackedStudents, can_stack
+    from models import model_dict
+
+    torch.manual_seed(0)
+    dtype = torch.float64
+    opt = SimpleNamespace(kd_T=4.0, logit_stand=False, gamma=0.1, alpha=0.9, beta=1.0, feat_dim=16,
+                          nce_k=16, nce_t=0.07, nce_m=0.5, mode="exact", hint_layer=2, init_epochs=1,
+                          epochs=10, batch_size=8, learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
+                          model_s="resnet8")
+    teacher = freeze(model_dict["resnet20"](num_classes=10).to(dtype))
+    students = [model_dict["resnet8"](num_classes=10).to(dtype) for _ in range(2)]
+    method = build_method_for(distill, opt, students[0], teacher, torch.randn(2, 3, 32, 32, dtype=dtype), 100)
+    assert can_stack(method) == (distill in STACKABLE)
+    if distill not in STACKABLE:
+        return
+    copies = [model_dict["resnet8"](num_classes=10).to(dtype) for _ in range(2)]
+    for c, s in zip(copies, students):
+        c.load_state_dict(s.state_dict())
+        c.train()
+    separate = [DistillStep(c, teacher, method, loss_weights(opt)) for c in copies]
+    stacked = StackedStudents(students).train()
+    step = StackedStep(stacked, separate[0], method, loss_weights(opt))
+    batches = [Batch(torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,))) for _ in range(2)]
+    losses, logits = step(batches)
+    for k in range(2):
+        loss, logit = separate[k](batches[k])
+        torch.testing.assert_close(losses[k], loss, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(logits[k], logit, rtol=1e-9, atol=1e-12)

@@ -86,6 +86,8 @@ class Distiller(nn.Module):
     has_init_stage: ClassVar[bool] = False
     needs_full_batches: ClassVar[bool] = False
     supports_logit_stand: ClassVar[bool] = False
+    #: whether the loss runs under ``torch.func.vmap`` (stacked ``--trials``, :mod:`helper.stacked`)
+    stackable: ClassVar[bool] = True
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__()

@@ -67,6 +67,8 @@ class CC(Distiller):
 class RKD(Distiller):
     """Relational KD (Park et al., CVPR 2019) on the pooled features."""
 
+    stackable = False  # its distance loss masks with a boolean index: no vmap rule
+
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
         self.criterion_kd = RKDLoss()
