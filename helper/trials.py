@@ -10,9 +10,11 @@ folder, TensorBoard folder, checkpoints — so trial ``t+k`` of a ``--trials`` r
 from its trial number, see :func:`helper.util.data_seed`), and any trial can be resumed or
 evaluated on its own afterwards.
 
-What is shared is the teacher's forward: one call on ``N x batch`` images instead of N calls.
-On a GPU at batch 64 the teacher is bound by per-call latency, so the N-fold batch costs little
-more than one; on a CPU the work is arithmetic and the saving small (see the README's figures).
+What is always shared is the teacher's forward: one call on ``N x batch`` images instead of N
+calls. On a GPU at batch 64 the teacher is bound by per-call latency, so the N-fold batch costs
+little more than one; on a CPU the work is arithmetic and nothing is saved (README figures).
+With ``--trials_mode stacked`` (``auto``'s choice on CUDA, where the method allows) the students
+are stacked too and take one step for all (:mod:`helper.stacked`).
 """
 from __future__ import annotations
 
