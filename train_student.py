@@ -36,7 +36,8 @@ from helper.naming import METRICS_FILE, student_run_name, teacher_arch_from_path
 from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
                             finalize_device, finalize_optimization)
 from helper.trainer import Run, make_optimizer, place_model, train_run
-from helper.trials import Trial, raise_failures, stack_trials, train_trials, trial_options
+from helper.trials import (Trial, check_trials_flags, raise_failures, stack_trials, train_trials,
+                           trial_options)
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
@@ -82,6 +83,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
         raise UserError("--path_t is required: the teacher checkpoint, e.g. "
                         "save/models/resnet110_vanilla/ckpt_epoch_240.pth")
     finalize_optimization(opt, opt.model_s, env_world_size())
+    check_trials_flags(opt, env_world_size())
     return opt
 
 
@@ -116,9 +118,6 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     device = dist.device
     finalize_device(opt, device)
     opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder)
-    if opt.trials > 1 and dist.enabled:
-        raise UserError("--trials runs its trials in one process; under torchrun give each "
-                        "trial its own run (scripts/run_trials.py)")
     trial_opts = trial_options(opt, student_run_name)
     data = [loaders_for(o, device, dist) for o in trial_opts]
     test_loader = data[0][1]

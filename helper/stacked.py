@@ -72,7 +72,6 @@ class StackedStudents(nn.Module):
         self.buffer_names = list(buffers)
         for i, name in enumerate(self.buffer_names):
             self.register_buffer(f"buffer{i}", buffers[name])
-        self.n = len(students)
         self.template = [copy.deepcopy(students[0]).to("meta")]  # a list: not a submodule
         for k, student in enumerate(students):
             _bind(student, dict(zip(self.names, self.stacked_params)), k, "_parameters")
@@ -155,7 +154,7 @@ class TrialOptimizer:
 
     def load_state_dict(self, state_dict: dict) -> None:
         for i, p in enumerate(self.params):
-            buf = state_dict["state"].get(i, state_dict["state"].get(str(i), {})).get("momentum_buffer")
+            buf = state_dict["state"].get(i, {}).get("momentum_buffer")
             if buf is None:
                 continue
             slot = self.stacked_optimizer.state[p]

@@ -33,23 +33,35 @@ from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.loops import (DeviceMeter, NonFiniteLossError, autocast_context, bar_disabled, checked,
                           make_grad_scaler, optimize, to_batch)
+from helper.naming import STUDENT_SAVE_ROOT
 from helper.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
 from helper.trainer import Progress, Run, end_epoch, make_optimizer, resume, start_epoch
+
+
+def check_trials_flags(opt: argparse.Namespace, world_size: int = 1) -> None:
+    """One clear line for ``--trials``/``--trial``/``--resume`` combinations that cannot run
+    (checked when the flags are parsed, before anything loads)."""
+    n = opt.trials
+    if n < 1:
+        raise UserError(f"--trials must be at least 1, got {n}")
+    if n == 1:
+        return
+    if not str(opt.trial).isdigit():
+        raise UserError(f"--trials {n} numbers its trials from --trial, which must then be an "
+                        f"integer such as 1; got --trial {opt.trial}")
+    if opt.resume not in (None, "auto"):
+        raise UserError("--resume CKPT names one checkpoint; with --trials give --resume alone "
+                        "(each trial continues from its own <model>_last.pth)")
+    if world_size > 1:
+        raise UserError("--trials runs its trials in one process; under torchrun give each "
+                        "trial its own run (scripts/run_trials.py)")
 
 
 def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]:
     """One options object per trial: ``opt`` itself when ``opt.trials`` is 1, else copies with
     ``trial`` = ``opt.trial + k`` and ``seed`` = ``opt.seed + k`` (None stays None), and each
     trial's ``model_name``, ``save_folder`` and ``tb_folder`` (``run_name(opt)`` names the run)."""
-    n = getattr(opt, "trials", 1)
-    if n < 1:
-        raise UserError(f"--trials must be at least 1, got {n}")
-    if n > 1 and not str(opt.trial).isdigit():
-        raise UserError(f"--trials {n} numbers its trials from --trial, which must then be an "
-                        f"integer such as 1; got --trial {opt.trial}")
-    if n > 1 and opt.resume not in (None, "auto"):
-        raise UserError("--resume CKPT names one checkpoint; with --trials give --resume alone "
-                        "(each trial continues from its own <model>_last.pth)")
+    n = opt.trials
     trials = []
     for k in range(n):
         one = opt if n == 1 else copy.copy(opt)
@@ -57,7 +69,7 @@ def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]
             one.trial = str(int(opt.trial) + k)
             one.seed = None if opt.seed is None else opt.seed + k
         one.model_name = run_name(one)
-        one.save_folder = os.path.join("save", "student_model", one.model_name)
+        one.save_folder = os.path.join(STUDENT_SAVE_ROOT, one.model_name)
         one.tb_folder = os.path.join("save", "student_tensorboards", one.model_name)
         trials.append(one)
     return trials

@@ -86,9 +86,10 @@ def method_options(opt) -> SimpleNamespace:
 
 
 class Steps:
-    """The first ``n`` batches of ``loader`` repeated epoch after epoch (with a length, for the bar)."""
+    """``n`` batches of ``loader``, going round it as often as needed (with a length, for the
+    bar); the timing sets ``n`` before each measured stretch."""
 
-    def __init__(self, loader, n: int) -> None:
+    def __init__(self, loader, n: int = 0) -> None:
         self.loader, self.n = loader, n
 
     def __len__(self) -> int:
@@ -126,7 +127,7 @@ def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher
                        compile=fast and opt.compile, device=device)
     run = Run(name=opt.student, save_folder="", train_modules=[student, method], eval_model=student,
               optimizer=optimizer, compute_loss=step, state_modules={})
-    return Trial(mopt, run, step, train_loader)
+    return Trial(mopt, run, step, Steps(train_loader))
 
 
 def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: int = 1) -> dict:
@@ -142,18 +143,16 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: in
     desc = "fast" if fast else "classic"
 
     def timed(n: int) -> float:
+        for run in runs:
+            run.train_loader.n = n
         start = time.perf_counter()
         if trials == 1:
             run = runs[0]
-            train_epoch(run.run.train_modules, Steps(run.train_loader, n), run.run.optimizer, run.step,
+            train_epoch(run.run.train_modules, run.train_loader, run.run.optimizer, run.step,
                         device, epoch=1, print_freq=0, amp=amp, channels_last=channels_last, desc=desc)
         else:
-            for run in runs:
-                run.train_loader = Steps(run.train_loader, n)
             train_trials_epoch(runs, device, epoch=1, print_freq=0, amp=amp,
                                channels_last=channels_last, desc=desc, stacked=stacked)
-            for run in runs:
-                run.train_loader = run.train_loader.loader
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
