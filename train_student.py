@@ -118,15 +118,16 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     device = dist.device
     finalize_device(opt, device)
     opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder)
-    trial_opts = trial_options(opt, student_run_name)
-    data = [loaders_for(o, device, dist) for o in trial_opts]
-    test_loader = data[0][1]
+    train_loader, test_loader, n_data = loaders_for(opt, device, dist)
+    trial_opts = trial_options(opt, student_run_name)  # the first trial's data seed is opt's
+    train_loaders = [train_loader] + [train_loader.with_seed(data_seed(o.seed, o.trial))
+                                      for o in trial_opts[1:]]
     teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
     print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
     if opt.channels_last:
         teacher.to(memory_format=torch.channels_last)
-    trials = [build_trial(o, teacher, train_loader, test_loader, n_data, dist)
-              for o, (train_loader, _, n_data) in zip(trial_opts, data)]
+    trials = [build_trial(o, teacher, loader, test_loader, n_data, dist)
+              for o, loader in zip(trial_opts, train_loaders)]
     headline = (f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
                 f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs")
     if len(trials) == 1:
@@ -143,7 +144,8 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
 
 
 def loaders_for(opt: argparse.Namespace, device: torch.device, dist: DistContext):
-    """``(train_loader, test_loader, n_data)`` of one trial (its data seed, see ``data_seed``)."""
+    """``(train_loader, test_loader, n_data)`` of the run (the first trial's data seed, see
+    ``data_seed``; other trials take ``train_loader.with_seed``)."""
     method_cls = get_method(opt.distill)
     loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
                      data_folder=opt.data_folder, loader=opt.loader, device=device,

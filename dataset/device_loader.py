@@ -21,6 +21,7 @@ index the full training set; rank ``r`` draws them from ``(seed, e, 1, r)``.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -149,6 +150,12 @@ class DeviceLoader(SeededEpochs):
         self.drop_last = drop_last
         self.shard = shard
         self._epoch = 0
+
+    def with_seed(self, seed: int) -> "DeviceLoader":
+        """This loader with base seed ``seed`` at epoch 0, sharing the device-resident data."""
+        clone = copy.copy(self)
+        clone.seed, clone._epoch = int(seed), 0
+        return clone
 
     def __len__(self) -> int:
         n = self.shard.size(len(self.labels))

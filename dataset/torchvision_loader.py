@@ -88,6 +88,9 @@ class TorchvisionLoader(SeededEpochs):
                  seed: int = 0, pin_memory: bool = False, channels_last: bool = False,
                  drop_last: bool = False, shard: Shard = Shard(),
                  persistent_workers: bool = False) -> None:
+        self._settings = dict(batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                              pin_memory=pin_memory, channels_last=channels_last,
+                              drop_last=drop_last, shard=shard, persistent_workers=persistent_workers)
         self.seed = int(seed)
         self._epoch = 0
         self._generator = torch.Generator()
@@ -103,6 +106,11 @@ class TorchvisionLoader(SeededEpochs):
                                  num_workers=num_workers, pin_memory=pin_memory,
                                  drop_last=drop_last, generator=self._generator,
                                  persistent_workers=persistent_workers and num_workers > 0)
+
+    def with_seed(self, seed: int) -> "TorchvisionLoader":
+        """A loader over the same data set object with base seed ``seed`` (its own DataLoader,
+        generator and workers), at epoch 0."""
+        return TorchvisionLoader(self.dataset, seed=seed, **self._settings)
 
     @property
     def dataset(self) -> Dataset:

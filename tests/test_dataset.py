@@ -531,3 +531,21 @@ def test_digits_crd_k_is_capped():
     labels = torch.from_numpy(digits.load_digits_data().train_labels)
     _check_contrast(cidx, idx, y, labels, "relax", k)
     assert D.sample_k("cifar100", 16384) == 16384
+
+
+@pytest.mark.parametrize("kind", ["device", "torchvision"])
+def test_with_seed_replays_a_loader_built_with_that_seed(kind):
+    """``with_seed`` (how --trials gives each trial its data order without loading the data
+    again) yields what a loader built with that seed yields: same order, and on the device
+    loader the same augmented pixels; another seed gives another order."""
+    kw = dict(batch_size=64, num_workers=0, loader=kind)
+    built = D.get_dataloaders("digits", seed=3, **kw)[0]
+    derived = D.get_dataloaders("digits", seed=0, **kw)[0]
+    reseeded = derived.with_seed(3)
+    assert reseeded.seed == 3 and derived.seed == 0 and reseeded.dataset is derived.dataset
+    for a, b, c in zip(built, reseeded, derived):
+        assert torch.equal(a[1], b[1])
+        if kind == "device":
+            assert torch.equal(a[0], b[0])
+        assert not torch.equal(a[1], c[1])
+        break
