@@ -1,4 +1,5 @@
-"""Helpers to read the fixtures in ``../shared/reference`` (see its README)."""
+"""Helpers to read the fixtures in ``tests/fixtures/reference`` (numbers computed with the
+original code; see its README)."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-REFERENCE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "..", "shared", "reference")
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "reference")
 
 
 def reference_path(name: str) -> str:

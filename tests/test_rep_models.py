@@ -1,4 +1,4 @@
-"""The re-parameterizable students against the compatibility contract in ../shared/reference.
+"""The re-parameterizable students against the compatibility contract in tests/fixtures/reference.
 
 Checks ordered state-dict keys and shapes (training and deploy form), parameter counts, feature
 shapes, the public forward/train fixtures of ``represnet20`` (with the fused and the separate
