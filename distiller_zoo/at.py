@@ -28,4 +28,4 @@ class Attention(nn.Module):
         return (self.at(f_s) - self.at(f_t)).pow(2).mean()
 
     def at(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(f.pow(self.p).mean(1).view(f.size(0), -1))
+        return F.normalize(f.pow(self.p).mean(1).reshape(f.size(0), -1))

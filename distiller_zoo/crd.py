@@ -124,8 +124,8 @@ class ContrastMemory(nn.Module):
     @staticmethod
     def _scores(memory: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, T: float) -> torch.Tensor:
         bsz, dim = v.shape
-        weight = torch.index_select(memory, 0, idx.view(-1)).detach().view(bsz, -1, dim)
-        return torch.exp(torch.div(torch.bmm(weight, v.view(bsz, dim, 1)), T))
+        weight = torch.index_select(memory, 0, idx.reshape(-1)).detach().view(bsz, -1, dim)
+        return torch.exp(torch.div(torch.bmm(weight, v.reshape(bsz, dim, 1)), T))
 
     @torch.no_grad()
     def _normalizers(self, out_v1: torch.Tensor, out_v2: torch.Tensor) -> torch.Tensor:
@@ -150,8 +150,8 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def _update(self, memory: torch.Tensor, y: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
-        pos = torch.index_select(memory, 0, y.view(-1)).mul_(momentum).add_(v.detach() * (1 - momentum))
-        memory.index_copy_(0, y.view(-1), pos.div(pos.pow(2).sum(1, keepdim=True).pow(0.5)))
+        pos = torch.index_select(memory, 0, y.reshape(-1)).mul_(momentum).add_(v.detach() * (1 - momentum))
+        memory.index_copy_(0, y.reshape(-1), pos.div(pos.pow(2).sum(1, keepdim=True).pow(0.5)))
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor,
                 idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +160,7 @@ class ContrastMemory(nn.Module):
         if idx is None:
             idx = self.multinomial.draw(bsz * (K + 1)).view(bsz, -1)
             idx.select(1, 0).copy_(y.data)
-        idx = idx.view(bsz, K + 1)
+        idx = idx.reshape(bsz, K + 1)
         out_v2 = self._scores(self.memory_v1, idx, v2, T)
         out_v1 = self._scores(self.memory_v2, idx, v1, T)
         z = self._normalizers(out_v1, out_v2)
@@ -168,7 +168,7 @@ class ContrastMemory(nn.Module):
         out_v2 = torch.div(out_v2, z[1]).contiguous()
         if self.dist_context is not None:  # every process's rows, in rank order
             gather = self.dist_context.all_gather
-            y, v1, v2 = gather(y.view(-1)), gather(v1.detach()), gather(v2.detach())
+            y, v1, v2 = gather(y.reshape(-1)), gather(v1.detach()), gather(v2.detach())
         self._update(self.memory_v1, y, v1, momentum)
         self._update(self.memory_v2, y, v2, momentum)
         return out_v1, out_v2

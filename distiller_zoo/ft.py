@@ -31,4 +31,4 @@ class FactorTransfer(nn.Module):
         return diff.pow(self.p2).mean()
 
     def factor(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(f.pow(self.p1).mean(1).view(f.size(0), -1))
+        return F.normalize(f.pow(self.p1).mean(1).reshape(f.size(0), -1))

@@ -22,7 +22,7 @@ def truncated_svd(feat: torch.Tensor, n: int = 1) -> tuple[torch.Tensor, torch.T
     size = feat.shape
     if len(size) != 4:
         raise ValueError(f"KDSVD expects 4-D feature maps, got shape {tuple(size)}")
-    x = feat.view(-1, size[1], size[2] * size[2]).transpose(-2, -1)
+    x = feat.reshape(-1, size[1], size[2] * size[2]).transpose(-2, -1)
     u, s, vh = torch.linalg.svd(x, full_matrices=False)
     u, s, v = _finite(u), _finite(s), _finite(vh.transpose(-2, -1))
     if n > 0:

@@ -38,7 +38,7 @@ class Embed(nn.Module):
         self.l2norm = Normalize(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.l2norm(self.linear(x.view(x.shape[0], -1)))
+        return self.l2norm(self.linear(x.reshape(x.shape[0], -1)))
 
 
 class LinearEmbed(nn.Module):
@@ -49,7 +49,7 @@ class LinearEmbed(nn.Module):
         self.linear = nn.Linear(dim_in, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.view(x.shape[0], -1))
+        return self.linear(x.reshape(x.shape[0], -1))
 
 
 class ConvReg(nn.Module):

@@ -24,7 +24,7 @@ class NSTLoss(nn.Module):
     @staticmethod
     def nst_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         f_s, f_t = match_spatial(f_s, f_t)
-        f_s = F.normalize(f_s.view(f_s.shape[0], f_s.shape[1], -1), dim=2)
-        f_t = F.normalize(f_t.view(f_t.shape[0], f_t.shape[1], -1), dim=2)
+        f_s = F.normalize(f_s.reshape(f_s.shape[0], f_s.shape[1], -1), dim=2)
+        f_t = F.normalize(f_t.reshape(f_t.shape[0], f_t.shape[1], -1), dim=2)
         return (poly_kernel(f_t, f_t).mean().detach() + poly_kernel(f_s, f_s).mean()
                 - 2 * poly_kernel(f_s, f_t).mean())

@@ -18,7 +18,7 @@ def pairwise_distance(e: torch.Tensor, squared: bool = False, eps: float = 1e-12
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
     diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
-    return torch.bmm(diff, diff.transpose(1, 2)).view(-1)
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
 
 
 class RKDLoss(nn.Module):
@@ -30,8 +30,8 @@ class RKDLoss(nn.Module):
         self.w_a = w_a
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
-        student = f_s.view(f_s.shape[0], -1)
-        teacher = f_t.view(f_t.shape[0], -1)
+        student = f_s.reshape(f_s.shape[0], -1)
+        teacher = f_t.reshape(f_t.shape[0], -1)
         with torch.no_grad():
             t_d = pairwise_distance(teacher)
             t_d = t_d / t_d[t_d > 0].mean()

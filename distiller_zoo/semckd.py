@@ -50,7 +50,7 @@ class MLPEmbed(nn.Module):
                                        self.l2norm).requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.linear1(x.view(x.shape[0], -1)))
+        x = self.relu(self.linear1(x.reshape(x.shape[0], -1)))
         return self.l2norm(self.linear2(x))
 
 

@@ -19,8 +19,8 @@ class Similarity(nn.Module):
     @staticmethod
     def similarity_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
         bsz = f_s.shape[0]
-        f_s = f_s.view(bsz, -1)
-        f_t = f_t.view(bsz, -1)
+        f_s = f_s.reshape(bsz, -1)
+        f_t = f_t.reshape(bsz, -1)
         g_s = F.normalize(f_s @ f_s.t())
         g_t = F.normalize(f_t @ f_t.t())
         diff = g_t - g_s

@@ -31,7 +31,7 @@ class SRRL(nn.Module):
     def forward(self, feat_s: torch.Tensor, cls_t: Callable[[torch.Tensor], torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.transfer(feat_s.unsqueeze(-1).unsqueeze(-1))
-        trans_feat_s = x.view(x.size(0), -1)
+        trans_feat_s = x.reshape(x.size(0), -1)
         return trans_feat_s, cls_t(trans_feat_s)
 
 

@@ -72,7 +72,8 @@ WIDER_TEACHER = ((8, 8, 16, 32), (16, 16, 32, 64))
 
 def make_opt(**kw) -> argparse.Namespace:
     base = dict(kd_T=4.0, feat_dim=16, nce_k=8, nce_t=0.07, nce_m=0.5, mode="exact", hint_layer=2,
-                logit_stand=False, init_epochs=1, epochs=2, batch_size=BATCH)
+                logit_stand=False, init_epochs=1, epochs=2, batch_size=BATCH, dkd_alpha=1.0,
+                dkd_beta=8.0, dkd_T=4.0, dkd_warmup=20)
     base.update(kw)
     return argparse.Namespace(**base)
 

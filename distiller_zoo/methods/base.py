@@ -6,9 +6,15 @@ declares what the training loop must feed it (``needs_feats``, ``needs_preact``,
 two-stage methods, what the init stage trains (:meth:`init_modules`, :meth:`init_loss`). Its
 ``forward`` returns the named loss terms ``{'cls', 'div', 'kd'}`` that the loop weights with
 ``-r``, ``-a`` and ``-b`` — the three criteria of the CRD training loop.
+
+Each method declares the :class:`Recipe` of its published row (its loss weights and, where the
+published code differs from RepDistiller's rule, its learning rate): these are the defaults of
+``-r``, ``-a``, ``-b`` and ``--learning_rate`` when ``--distill`` picks it. A method with its own
+hyper-parameters declares their flags in :meth:`Distiller.add_flags`.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -21,6 +27,19 @@ from helper.errors import UserError
 from ..kd import DistillKL, standardize_logits
 
 Feats = list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The published recipe of a method: the weights of ``cls`` (``-r``), ``div`` (``-a``) and
+    ``kd`` (``-b``), and its learning rate (None: RepDistiller's rule, 0.05 and 0.01 for
+    MobileNetV2/ShuffleNets). ``source`` says where the numbers come from."""
+
+    gamma: float
+    alpha: float
+    beta: float
+    learning_rate: float | None = None
+    source: str = "RepDistiller's scripts/run_cifar_distill.sh"
 
 
 @dataclass
@@ -88,6 +107,12 @@ class Distiller(nn.Module):
     supports_logit_stand: ClassVar[bool] = False
     #: whether the loss runs under ``torch.func.vmap`` (stacked ``--trials``, :mod:`helper.stacked`)
     stackable: ClassVar[bool] = True
+    #: the published row's weights and learning rate: the defaults of -r/-a/-b/--learning_rate
+    recipe: ClassVar[Recipe]
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the flags of this method's own hyper-parameters (none by default)."""
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__()
@@ -182,3 +207,9 @@ def build_method(name: str, opt, student: nn.Module, teacher: nn.Module, feat_s:
     """Build the method ``name`` for this student/teacher pair (see :class:`BuildContext`)."""
     cls = get_method(name)
     return cls(BuildContext(opt, student, teacher, list(feat_s or []), list(feat_t or []), n_data))
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every registered method declares for its own hyper-parameters."""
+    for name in method_names():
+        METHODS[name].add_flags(parser)

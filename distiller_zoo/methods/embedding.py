@@ -14,7 +14,7 @@ from ..modules import LinearEmbed
 from ..pkt import PKT
 from ..rkd import RKDLoss
 from ..srrl import SRRL, SRRLLoss
-from .base import BuildContext, Distiller, StepInputs, register_method, teacher_classifier
+from .base import BuildContext, Distiller, Recipe, StepInputs, register_method, teacher_classifier
 
 
 @register_method("crd")
@@ -25,6 +25,8 @@ class CRD(Distiller):
     (``needs_index``); the memory bank (``n_data x feat_dim`` per side) is a buffer, the two
     embeddings are trained with the student.
     """
+
+    recipe = Recipe(1.0, 0.0, 0.8)
 
     needs_index = True
 
@@ -50,6 +52,8 @@ class CC(Distiller):
     """Correlation congruence (Peng et al., ICCV 2019) between linear embeddings (``feat_dim``)
     of both pooled features; both embeddings are trained with the student."""
 
+    recipe = Recipe(1.0, 0.0, 0.02)
+
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
         self.embed_s = LinearEmbed(ctx.feat_s[-1].shape[1], ctx.opt.feat_dim)
@@ -67,6 +71,8 @@ class CC(Distiller):
 class RKD(Distiller):
     """Relational KD (Park et al., CVPR 2019) on the pooled features."""
 
+    recipe = Recipe(1.0, 0.0, 1.0)
+
     stackable = False  # its distance loss masks with a boolean index: no vmap rule
 
     def __init__(self, ctx: BuildContext) -> None:
@@ -80,6 +86,8 @@ class RKD(Distiller):
 @register_method("pkt")
 class PKTMethod(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) on the pooled features."""
+
+    recipe = Recipe(1.0, 0.0, 30000.0)
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
@@ -98,6 +106,8 @@ class SRRLMethod(Distiller):
     The teacher classifier is held by reference, not as a submodule: it stays the teacher's
     (frozen, moved and saved with the teacher); gradients flow through it to the translator.
     """
+
+    recipe = Recipe(1.0, 1.0, 1.0, source="SemCKD's scripts (Chen et al., AAAI 2021), as KDrefine runs SRRL")
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)

@@ -18,13 +18,15 @@ from ..nst import NSTLoss
 from ..semckd import SelfA, SemCKDLoss
 from ..sp import Similarity
 from ..vid import VIDLoss
-from .base import BuildContext, Distiller, StepInputs, inner, register_method, sum_terms
+from .base import BuildContext, Distiller, Recipe, StepInputs, inner, register_method, sum_terms
 
 
 @register_method("hint")
 class Hint(Distiller):
     """FitNet (Romero et al., ICLR 2015): ``ConvReg`` of the student's ``hint_layer`` feature,
     MSE to the teacher's (single stage, as in the CRD benchmark)."""
+
+    recipe = Recipe(1.0, 0.0, 100.0)
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
@@ -62,6 +64,8 @@ class _InnerPairs(Distiller):
 class AT(_InnerPairs):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) on ``feats[1:-1]``."""
 
+    recipe = Recipe(1.0, 0.0, 1000.0)
+
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
         self.criterion_kd = Attention()
@@ -70,6 +74,8 @@ class AT(_InnerPairs):
 @register_method("nst")
 class NST(_InnerPairs):
     """Neuron selectivity transfer (Huang & Wang, 2017) on ``feats[1:-1]``."""
+
+    recipe = Recipe(1.0, 0.0, 50.0)
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
@@ -83,6 +89,8 @@ class KDSVDMethod(_InnerPairs):
     Aligning singular vectors needs equal channel counts in each student/teacher pair (the CRD
     code fails with a shape error otherwise; here a ``UserError`` names the mismatch).
     """
+
+    recipe = Recipe(1.0, 0.0, 1.0, source="no line in RepDistiller's script; weight 1")
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
@@ -98,6 +106,8 @@ class KDSVDMethod(_InnerPairs):
 class SP(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019) on the last feature map ``feats[-2]``."""
 
+    recipe = Recipe(1.0, 0.0, 3000.0)
+
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
         self.criterion_kd = Similarity()
@@ -110,6 +120,8 @@ class SP(Distiller):
 class VID(Distiller):
     """Variational information distillation (Ahn et al., CVPR 2019): one ``VIDLoss(c_s, c_t,
     c_t)`` per pair of ``feats[1:-1]``, their regressors and variances trained with the student."""
+
+    recipe = Recipe(1.0, 0.0, 1.0)
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
@@ -134,6 +146,8 @@ class SemCKD(Distiller):
     As in KDrefine, ``SelfA`` is sized for ``opt.batch_size`` (64 when absent) with ``soft = 1``;
     the loop must drop an incomplete last batch (``needs_full_batches``).
     """
+
+    recipe = Recipe(1.0, 1.0, 400.0, source="SemCKD's scripts (Chen et al., AAAI 2021)")
 
     needs_full_batches = True
 

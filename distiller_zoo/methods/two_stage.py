@@ -14,7 +14,7 @@ from ..ab import ABLoss
 from ..fsp import FSP
 from ..ft import FactorTransfer
 from ..modules import Connector, Paraphraser, Translator
-from .base import BuildContext, Distiller, Feats, StepInputs, inner, register_method, sum_terms
+from .base import BuildContext, Distiller, Recipe, Feats, StepInputs, inner, register_method, sum_terms
 
 
 @register_method("abound")
@@ -24,6 +24,8 @@ class AB(Distiller):
     Init stage: ``connector`` and the student's feature modules minimise ``sum(ABLoss)``.
     Main stage: the connector is idle (eval mode, not trained) and ``kd`` is 0.
     """
+
+    recipe = Recipe(1.0, 0.0, 1.0)
 
     needs_preact = True
     has_init_stage = True
@@ -53,6 +55,8 @@ class FT(Distiller):
     translator's factor of the student map is matched to the (frozen, eval-mode) paraphraser's
     factor of the teacher map with ``FactorTransfer``.
     """
+
+    recipe = Recipe(1.0, 0.0, 200.0)
 
     has_init_stage = True
 
@@ -101,6 +105,8 @@ class FSPMethod(Distiller):
     Init stage: the student's feature modules minimise ``sum(FSP)``. Main stage: ``kd`` is 0.
     Needs equal channel counts in every paired feature (raises ``UserError`` otherwise).
     """
+
+    recipe = Recipe(1.0, 0.0, 50.0)
 
     has_init_stage = True
 
