@@ -2,7 +2,10 @@
 
 Reads the official ``cifar-100-python/{train,test,meta}`` files under ``data_folder`` as they
 are (Python 2 protocol-2 pickles loaded with ``encoding='latin1'``; ``str`` or ``bytes`` keys
-both accepted; no checksum or size assumptions about files already present). Missing files
+both accepted; no checksum or size assumptions about files already present). They are unpickled
+with :class:`helper.safe_pickle.RestrictedUnpickler`: only dicts, lists, str, bytes, numbers and
+numpy arrays can be built, so a rigged file is refused (naming the global it asks for) and never
+runs code; the content is checked too (uint8 ``(N, 3072)`` data, ``N`` integer labels in 0..99). Missing files
 are downloaded once with torchvision's download utility, under a socket timeout, and the
 archive's md5 is verified before it is unpacked. Anything that goes wrong ends in a one-line
 :class:`helper.errors.UserError` naming the file or folder.
@@ -13,7 +16,6 @@ The loaders reproduce the CRD benchmark's data pipeline (Tian et al., CRD, ICLR 
 from __future__ import annotations
 
 import contextlib
-import pickle
 import socket
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +27,7 @@ from torchvision.datasets.utils import check_integrity, download_url, extract_ar
 
 from dataset.loaders import ContrastConfig, ImageData, Loader, build_loaders, check_options
 from helper.errors import UserError
+from helper.safe_pickle import RefusedGlobal, numpy_array_globals, restricted_load
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -109,20 +112,65 @@ def _as_str(value: str | bytes) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else value
 
 
+_CONTENT = "a CIFAR file holds only dicts, lists, bytes, str, numbers and numpy arrays"
+_REDOWNLOAD = "delete it and download CIFAR-100 again"
+
+
 def load_pickle(path: Path) -> dict[str, object]:
-    """Unpickle an official CIFAR file with ``encoding='latin1'``; keys normalized to ``str``."""
+    """Unpickle an official CIFAR file with ``encoding='latin1'``; keys normalized to ``str``.
+
+    Only numpy's array machinery is allow-listed (:func:`helper.safe_pickle.numpy_array_globals`);
+    any other global stops with a :class:`UserError` naming the file and the global.
+    """
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = restricted_load(f, numpy_array_globals(), encoding="latin1")
     except FileNotFoundError as err:
         raise UserError(f"CIFAR-100 file {path} is missing") from err
+    except IsADirectoryError as err:
+        raise UserError(f"CIFAR-100 file {path} is a directory, not a file; {_REDOWNLOAD}") from err
+    except RefusedGlobal as err:
+        raise UserError(f"{path}: refused to unpickle {err.qualname} ({_CONTENT}); "
+                        f"{_REDOWNLOAD}") from None
     except Exception as err:  # any unpickling failure means a bad file
         raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)}); "
                         "it is truncated or not a CIFAR-100 python file - delete it and "
-                        "download again") from err
+                        "download again") from None
     if not isinstance(obj, dict):
-        raise UserError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, not a dict")
+        raise UserError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, not a dict; "
+                        f"{_REDOWNLOAD}")
+    if not all(isinstance(k, (str, bytes)) for k in obj):
+        raise UserError(f"CIFAR-100 file {path} has keys that are not names; {_REDOWNLOAD}")
     return {_as_str(k): v for k, v in obj.items()}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _labels(value: object, key: str, path: Path) -> np.ndarray:
+    """``value`` as int64 labels, or a :class:`UserError` saying why it is not a list of ints."""
+    bad = f"CIFAR-100 file {path}: {key!r} "
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise UserError(f"{bad}is a {value.ndim}-D array, expected a list of integers; "
+                            f"{_REDOWNLOAD}")
+        if value.dtype.kind not in "iu":
+            raise UserError(f"{bad}are not integers (dtype {value.dtype}); {_REDOWNLOAD}")
+        return value.astype(np.int64)
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{bad}is a {type(value).__name__}, expected a list of integers; "
+                        f"{_REDOWNLOAD}")
+    for item in value:
+        if not _is_int(item):
+            shown = repr(item)
+            shown = shown if len(shown) <= 30 else shown[:27] + "..."
+            raise UserError(f"{bad}are not integers (found the {type(item).__name__} {shown}); "
+                            f"{_REDOWNLOAD}")
+    try:
+        return np.asarray(value, dtype=np.int64).reshape(len(value))
+    except OverflowError:
+        raise UserError(f"{bad}holds integers too large to be labels; {_REDOWNLOAD}") from None
 
 
 def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -133,29 +181,42 @@ def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if key not in entry:
             raise UserError(f"CIFAR-100 file {path} has no {key!r} entry "
                             f"(keys: {', '.join(sorted(entry))})")
-    data = np.asarray(entry["data"])
-    labels = np.asarray(entry["fine_labels"])
+    data = entry["data"]
+    if not isinstance(data, np.ndarray):
+        raise UserError(f"CIFAR-100 file {path}: 'data' is a {type(data).__name__}, expected a "
+                        f"uint8 numpy array (N, 3072); {_REDOWNLOAD}")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
         raise UserError(f"CIFAR-100 file {path}: 'data' is {data.dtype} {data.shape}, expected "
                         "uint8 (N, 3072)")
-    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise UserError(f"CIFAR-100 file {path}: {labels.size} fine labels for {len(data)} "
+    if len(data) == 0:
+        raise UserError(f"CIFAR-100 file {path} holds no images; {_REDOWNLOAD}")
+    labels = _labels(entry["fine_labels"], "fine_labels", path)
+    if len(labels) != len(data):
+        raise UserError(f"CIFAR-100 file {path}: {len(labels)} fine labels for {len(data)} "
                         "images")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise UserError(f"CIFAR-100 file {path}: fine labels outside 0..{NUM_CLASSES - 1}")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise UserError(f"CIFAR-100 file {path}: fine labels outside 0..{NUM_CLASSES - 1} "
+                        f"(from {labels.min()} to {labels.max()})")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
+    return np.ascontiguousarray(images), labels
 
 
 def read_cifar100_meta(data_folder: str | Path = "./data") -> dict[str, list[str]]:
-    """``fine_label_names`` and ``coarse_label_names`` as lists of ``str``."""
+    """``fine_label_names`` (100) and ``coarse_label_names`` (20) as lists of ``str``."""
     path = cifar100_dir(data_folder) / "meta"
     meta = load_pickle(path)
     out = {}
-    for key in ("fine_label_names", "coarse_label_names"):
+    for key, count in (("fine_label_names", NUM_CLASSES), ("coarse_label_names", 20)):
         if key not in meta:
             raise UserError(f"CIFAR-100 file {path} has no {key!r} entry")
-        out[key] = [_as_str(v) for v in meta[key]]
+        names = meta[key]
+        if not isinstance(names, (list, tuple)) or not all(isinstance(v, (str, bytes))
+                                                           for v in names):
+            raise UserError(f"CIFAR-100 file {path}: {key!r} is not a list of names; "
+                            f"{_REDOWNLOAD}")
+        if len(names) != count:
+            raise UserError(f"CIFAR-100 file {path}: {len(names)} {key}, expected {count}")
+        out[key] = [_as_str(v) for v in names]
     return out
 
 
