@@ -5,7 +5,12 @@ A student run is saved in ``save/student_model/<name>`` with (KDrefine's ``train
     S_<model_s>_T_<model_t>_<dataset>_<distill>_r_<gamma>_a_<alpha>_b_<beta>_<trial>
 
 where ``gamma``/``alpha``/``beta`` are the ``-r``/``-a``/``-b`` loss weights printed as Python
-prints floats (``-b 0`` gives ``0.0``). A teacher checkpoint lives in a folder whose name starts
+prints floats (``-b 0`` gives ``0.0``). A student trained with a block type other than the
+default AMBB adds it after the method, ``..._<distill>_t_<blocktype>_r_...``, and a run with
+``--logit_stand`` adds ``_ls`` (``..._dkd_ls_r_...``), so that runs differing in block type or
+logit standardization never share a folder (default runs keep the original name).
+
+A teacher checkpoint lives in a folder whose name starts
 with the teacher's architecture (``resnet56_vanilla``, ``wrn_40_2_cifar100_lr_0.05_...``).
 
 Model names contain underscores (``wrn_40_2``), so names are parsed against the known model
@@ -26,8 +31,11 @@ METRICS_FILE = "test_last_metrics.json"
 # Defaults of train_student.py for the flags that appear in the run name.
 STUDENT_NAME_DEFAULTS: dict[str, Any] = {
     "dataset": "cifar100", "distill": "kdrefine", "gamma": 0.1, "alpha": 0.9, "beta": 0.0,
-    "trial": "1",
+    "trial": "1", "blocktype": "AMBB",
 }
+DEFAULT_BLOCKTYPE = "AMBB"
+_BLOCKTYPE_TAIL = re.compile(r"_t_(?P<blocktype>[A-Za-z0-9]+)$")
+LOGIT_STAND_TAG = "_ls"
 _WEIGHTS_AND_TRIAL = re.compile(
     r"_r_(?P<gamma>[^_]+)_a_(?P<alpha>[^_]+)_b_(?P<beta>[^_]+)_(?P<trial>[^_]+)$")
 
@@ -94,19 +102,26 @@ def student_run_name(opt: Any) -> str:
     """Folder name of a student run from an options object (``argparse.Namespace`` or alike).
 
     Reads ``model_s``, ``model_t`` (if absent or None: :func:`teacher_arch` of ``path_t``),
-    ``dataset``, ``distill``, ``gamma``, ``alpha``, ``beta`` and ``trial``.
+    ``dataset``, ``distill``, ``logit_stand`` and ``blocktype`` (absent: off, AMBB), ``gamma``,
+    ``alpha``, ``beta`` and ``trial``.
     """
     model_t = getattr(opt, "model_t", None) or teacher_arch(opt.path_t, known_model_names())
+    blocktype = getattr(opt, "blocktype", None) or DEFAULT_BLOCKTYPE
+    method = opt.distill + (LOGIT_STAND_TAG if getattr(opt, "logit_stand", False) else "")
+    if blocktype != DEFAULT_BLOCKTYPE:
+        method += f"_t_{blocktype}"
     return "S_{}_T_{}_{}_{}_r_{}_a_{}_b_{}_{}".format(
-        opt.model_s, model_t, opt.dataset, opt.distill, format_weight(opt.gamma),
+        opt.model_s, model_t, opt.dataset, method, format_weight(opt.gamma),
         format_weight(opt.alpha), format_weight(opt.beta), opt.trial)
 
 
 def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[str, Any]:
     """Inverse of :func:`student_run_name`.
 
-    Returns ``{'model_s', 'model_t', 'dataset', 'distill', 'gamma', 'alpha', 'beta', 'trial'}``
-    with float weights and the trial as a string. Student and teacher are matched against
+    Returns ``{'model_s', 'model_t', 'dataset', 'distill', 'blocktype', 'gamma', 'alpha',
+    'beta', 'trial'}`` with float weights, the trial as a string and the block type AMBB when
+    the name carries none; a name with the ``_ls`` tag adds ``'logit_stand': True``. Student
+    and teacher are matched against
     ``known_models`` (longest first); without a match, the student ends at the first ``_T_``
     and the dataset and method are the last two ``_``-separated words before ``_r_``.
     Raises :class:`UserError` for a name not of that form.
@@ -120,7 +135,13 @@ def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[
         weights = {k: float(tail.group(k)) for k in ("gamma", "alpha", "beta")}
     except ValueError:
         raise bad from None
-    head = name[2:tail.start()]  # <student>_T_<teacher>_<dataset>_<method>
+    head = name[2:tail.start()]  # <student>_T_<teacher>_<dataset>_<method>[_t_<blocktype>]
+    blocktype = DEFAULT_BLOCKTYPE
+    block_tail = _BLOCKTYPE_TAIL.search(head)
+    if block_tail is not None:
+        blocktype, head = block_tail.group("blocktype"), head[:block_tail.start()]
+    logit_stand = head.endswith(LOGIT_STAND_TAG)
+    head = head.removesuffix(LOGIT_STAND_TAG)
     known = list(known_models)
 
     model_s = _longest_prefix(head, known, "_T_") or head.split("_T_", 1)[0]
@@ -135,5 +156,6 @@ def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[
     if len(parts) != 3 or not all(parts):
         raise bad
     model_t, dataset, distill = parts
-    return {"model_s": model_s, "model_t": model_t, "dataset": dataset, "distill": distill,
-            **weights, "trial": tail.group("trial")}
+    parsed = {"model_s": model_s, "model_t": model_t, "dataset": dataset, "distill": distill,
+              "blocktype": blocktype, **weights, "trial": tail.group("trial")}
+    return {**parsed, "logit_stand": True} if logit_stand else parsed

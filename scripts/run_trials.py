@@ -4,51 +4,93 @@
         python train_student.py --path_t save/models/resnet56_vanilla/ckpt_epoch_240.pth \\
         --model_s represnet20 --distill kdrefine -r 0.1 -a 0.9 -b 0
 
-Each trial runs the command with ``--trial i`` set (any ``--trial`` in it is replaced). A trial
-whose run folder ``save/student_model/S_<model_s>_T_<model_t>_..._<i>/`` (relative to the
-current directory) already holds ``test_last_metrics.json`` is skipped, so an interrupted
-benchmark is resumed by running the same line again. Without ``--gpus`` the trials run one
-after the other with their output on the terminal; with ``--gpus`` one trial runs per listed
-GPU at a time (``CUDA_VISIBLE_DEVICES`` set per process), each logging to ``run_trials.log``
-in its run folder. The exit status is 1 when a trial failed, 0 otherwise.
+Each trial runs the command with ``--trial i`` set (any ``--trial`` in it is replaced). Its
+resolved configuration comes from running it with ``--print_config`` (one JSON line, no
+training); the run folder is the configuration's ``save_folder`` (else
+``save/student_model/<run name of the configuration>``), relative to the current directory.
+What happens to trial i then depends on that folder:
+
+- ``test_last_metrics.json`` of a finished run (``reached_epoch`` >= ``planned_epochs``) with
+  the same result-relevant configuration (:func:`helper.provenance.config_differences`; the
+  teacher compared by the sha256 of its file): skipped;
+- the same configuration, unfinished: continued with ``--resume`` when ``<model_s>_last.pth``
+  is there, else run again with ``--overwrite``;
+- ``<model_s>_last.pth`` without metrics: continued with ``--resume``;
+- metrics of a *different* configuration: the runner stops before running anything, with one
+  line naming the folder and the difference (``epochs: 2 in the folder, 240 in the command``);
+- metrics without recorded settings (older files): finished when their ``epoch`` equals the
+  command's ``epochs``, else continued with ``--resume`` from a ``_last.pth``; without one the
+  runner stops (it cannot tell what the folder holds);
+- nothing: run.
+
+So an interrupted benchmark is resumed by running the same line again. Without ``--gpus`` the
+trials run one after the other with their output on the terminal; with ``--gpus`` one trial
+runs per listed GPU at a time (``CUDA_VISIBLE_DEVICES`` set per process), each logging to
+``run_trials.log`` in its run folder. The exit status is 1 when a trial failed, 0 otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
-from helper.naming import (METRICS_FILE, STUDENT_NAME_DEFAULTS, STUDENT_SAVE_ROOT,  # noqa: E402
-                           known_model_names, student_run_name, teacher_arch)
+from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, student_run_name  # noqa: E402
+from helper.provenance import (config_differences, describe_differences,  # noqa: E402
+                               file_sha256, is_finished, load_metrics, result_settings,
+                               run_config, teacher_sha256)
 
 LOG_FILE = "run_trials.log"
+# Settings compared between a command and the ``config`` of a ``_last.pth`` it would resume
+# (that ``config`` is the training's namespace, which holds derived entries too; these are
+# the ones it keeps as given).
+CHECKPOINT_KEYS = ("model_s", "model_t", "dataset", "distill", "blocktype", "gamma", "alpha",
+                   "beta", "kd_T", "epochs", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
+                   "weight_decay", "momentum", "batch_size", "trial")
+SKIP, RUN, RESUME, OVERWRITE = "skip", "run", "resume", "overwrite"
 
 
 @dataclass
 class Trial:
-    """One trial: its number, the command to run and the folder it saves to."""
+    """One trial: its number, its resolved configuration, the folder it saves to and what to
+    do with it (``action``, ``reason``)."""
 
     index: int
-    command: list[str]
+    base_command: list[str]
+    config: dict
     run_folder: str
+    action: str = RUN
+    reason: str = ""
+
+    @property
+    def command(self) -> list[str]:
+        extra = {RESUME: ["--resume"], OVERWRITE: ["--overwrite"]}.get(self.action, [])
+        return self.base_command + extra
 
     @property
     def done(self) -> bool:
-        return os.path.isfile(os.path.join(self.run_folder, METRICS_FILE))
+        return self.action == SKIP
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.run_folder, f"{self.config.get('model_s')}_last.pth")
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split ``argv`` at the first ``--`` into this script's flags and the training command."""
     parser = argparse.ArgumentParser(
         prog="run_trials.py", usage="%(prog)s -n N [--gpus IDS] [--dry-run] -- COMMAND ...",
-        description="Run trials 1..N of a train_student.py command; finished trials (with "
-                    f"{METRICS_FILE}) are skipped.")
+        description="Run trials 1..N of a train_student.py command; finished trials of the "
+                    f"same configuration (with {METRICS_FILE}) are skipped, interrupted ones "
+                    "resumed.")
     parser.add_argument("-n", "--trials", type=int, required=True, help="number of trials")
     parser.add_argument("--gpus", default=None,
                         help="comma-separated GPU ids: one trial per GPU at a time")
@@ -73,34 +115,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, command
 
 
-def command_options(command: list[str]) -> argparse.Namespace:
-    """The flags of ``command`` that name its run folder, with train_student.py's defaults."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    parser.add_argument("--model_s")
-    parser.add_argument("--path_t")
-    parser.add_argument("--model_t")
-    parser.add_argument("--dataset", default=STUDENT_NAME_DEFAULTS["dataset"])
-    parser.add_argument("--distill", default=STUDENT_NAME_DEFAULTS["distill"])
-    parser.add_argument("-r", "--gamma", default=STUDENT_NAME_DEFAULTS["gamma"])
-    parser.add_argument("-a", "--alpha", default=STUDENT_NAME_DEFAULTS["alpha"])
-    parser.add_argument("-b", "--beta", default=STUDENT_NAME_DEFAULTS["beta"])
-    try:
-        opt, _ = parser.parse_known_args(command)
-    except argparse.ArgumentError as err:
-        raise UserError(f"cannot read the training command: {err}") from None
-    for flag in ("model_s", "path_t"):
-        if not getattr(opt, flag):
-            raise UserError(f"the command needs --{flag} (it names the run folder)")
-    for flag in ("gamma", "alpha", "beta"):
-        try:
-            setattr(opt, flag, float(getattr(opt, flag)))
-        except ValueError:
-            raise UserError(f"--{flag} takes a number, got {getattr(opt, flag)!r}") from None
-    if not opt.model_t:
-        opt.model_t = teacher_arch(opt.path_t, known_model_names())
-    return opt
-
-
 def with_trial(command: list[str], index: int) -> list[str]:
     """``command`` with any ``--trial X`` / ``--trial=X`` removed and ``--trial index`` added."""
     out: list[str] = []
@@ -115,14 +129,161 @@ def with_trial(command: list[str], index: int) -> list[str]:
     return out + ["--trial", str(index)]
 
 
+def resolved_config(command: list[str]) -> dict:
+    """The configuration ``command`` would train with: its ``--print_config`` JSON line."""
+    shown = " ".join(command + ["--print_config"])
+    try:
+        result = subprocess.run(command + ["--print_config"], capture_output=True, text=True,
+                                check=False)
+    except FileNotFoundError:
+        raise UserError(f"cannot run {command[0]}: no such program") from None
+    except PermissionError:
+        raise UserError(f"cannot run {command[0]}: not executable") from None
+    except OSError as err:
+        raise UserError(f"cannot run {command[0]}: {err.strerror or err}") from None
+    if result.returncode != 0:
+        lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no message"
+        raise UserError(f"the command failed with --print_config (exit {result.returncode}): "
+                        f"{last}")
+    for line in reversed(result.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                config = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(config, dict):
+                return config
+    raise UserError(f"{shown} printed no configuration (one JSON line); is it train_student.py?")
+
+
+def run_folder(config: dict) -> str:
+    """Where a run of ``config`` saves: its ``save_folder``, else the name of its settings."""
+    if isinstance(config.get("save_folder"), str) and config["save_folder"]:
+        return config["save_folder"]
+    try:
+        return os.path.join(STUDENT_SAVE_ROOT, student_run_name(Namespace(**config)))
+    except (AttributeError, TypeError) as err:
+        raise UserError(f"the command's configuration names no run folder ({err})") from None
+
+
+class TeacherHashes:
+    """sha256 of teacher files, each hashed once (None when the file is not there)."""
+
+    def __init__(self):
+        self._known: dict[str, str | None] = {}
+
+    def __call__(self, path: object) -> str | None:
+        if not isinstance(path, str):
+            return None
+        if path not in self._known:
+            try:
+                self._known[path] = file_sha256(path)
+            except OSError:
+                self._known[path] = None
+        return self._known[path]
+
+
+def checkpoint_config(path: str) -> dict | None:
+    """The ``config`` recorded in a ``_last.pth``, or None when it has none or is unreadable."""
+    try:
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not written by this code, torch missing, ...: nothing to check against
+        return None
+    config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(config, dict):
+        return None
+    config = dict(config)
+    if "base_learning_rate" in config:  # the checkpoint keeps the per-process rate there
+        config["learning_rate"] = config["base_learning_rate"]
+    return config
+
+
+def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
+    """Set ``trial.action``/``reason`` from its folder; return a conflict message, if any."""
+    folder, config = trial.run_folder, trial.config
+    metrics_path = os.path.join(folder, METRICS_FILE)
+    has_last = os.path.isfile(trial.last_path)
+    resume_or = (RESUME, f"continuing from {trial.last_path}") if has_last else None
+
+    if not os.path.isfile(metrics_path):
+        if has_last:
+            old = checkpoint_config(trial.last_path)
+            if old is not None:
+                keys = [k for k in CHECKPOINT_KEYS if k in old and k in config]
+                diffs = config_differences({k: old[k] for k in keys}, {k: config[k] for k in keys})
+                if diffs:
+                    return (f"{trial.last_path} was written with a different configuration: "
+                            f"{describe_differences(diffs, 'in the checkpoint')}")
+            trial.action, trial.reason = resume_or
+        return None
+    try:
+        metrics = load_metrics(metrics_path)
+    except (OSError, ValueError) as err:
+        if resume_or:
+            trial.action, trial.reason = resume_or
+            return None
+        return (f"{metrics_path} is unreadable ({err}) and there is no {trial.last_path} to "
+                "resume; move the folder away to rerun this trial")
+
+    recorded = run_config(metrics)
+    if recorded is None:  # older file: only its last epoch can be checked
+        epoch, planned = metrics.get("epoch"), config.get("epochs")
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == planned:
+            trial.action = SKIP
+            trial.reason = f"{metrics_path} exists (no recorded settings; epoch {epoch})"
+            return None
+        if resume_or:
+            trial.action, trial.reason = resume_or
+            return None
+        return (f"{folder} holds {METRICS_FILE} of epoch {epoch} without recorded settings and "
+                f"no {os.path.basename(trial.last_path)} to resume, but the command plans "
+                f"{planned} epochs; move the folder away to rerun this trial")
+
+    sha_folder, sha_command = teacher_sha256(metrics), hashes(config.get("path_t"))
+    both = sha_folder is not None and sha_command is not None
+    diffs = config_differences(result_settings(recorded, sha_folder if both else None),
+                               result_settings(config, sha_command if both else None))
+    if diffs:
+        return (f"{folder} holds a run of a different configuration: "
+                f"{describe_differences(diffs)}; move the folder away or change the command")
+    if is_finished(metrics) is False:
+        reached = metrics.get("reached_epoch", metrics.get("epoch"))
+        planned = metrics.get("planned_epochs", config.get("epochs"))
+        if resume_or:
+            trial.action = RESUME
+            trial.reason = f"unfinished (epoch {reached} of {planned}), continuing from " \
+                           f"{trial.last_path}"
+        else:
+            trial.action = OVERWRITE
+            trial.reason = f"unfinished (epoch {reached} of {planned}) and no " \
+                           f"{os.path.basename(trial.last_path)}: running it again"
+        return None
+    trial.action, trial.reason = SKIP, f"{metrics_path} exists"
+    return None
+
+
 def plan_trials(command: list[str], n: int) -> list[Trial]:
-    """Trials 1..n of ``command`` with their run folders."""
-    opt = command_options(command)
+    """Trials 1..n of ``command`` with their configurations, folders and actions."""
+    commands = [with_trial(command, i) for i in range(1, n + 1)]
+    workers = max(1, min(n, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # each --print_config starts a Python process
+        configs = list(pool.map(resolved_config, commands))
     trials = []
-    for i in range(1, n + 1):
-        opt.trial = str(i)
-        trials.append(Trial(i, with_trial(command, i),
-                            os.path.join(STUDENT_SAVE_ROOT, student_run_name(opt))))
+    for i, (cmd, config) in enumerate(zip(commands, configs), 1):
+        if isinstance(config.get("trials"), int) and config["trials"] > 1:
+            raise UserError("run_trials.py runs one trial per process: drop --trials "
+                            f"{config['trials']} from the command (or use it without run_trials)")
+        trials.append(Trial(i, cmd, config, run_folder(config)))
+    hashes = TeacherHashes()
+    conflicts = [(t, msg) for t in trials if (msg := decide(t, hashes)) is not None]
+    if conflicts:
+        trial, msg = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more trials)" if len(conflicts) > 1 else ""
+        raise UserError(f"trial {trial.index}: {msg}{more}")
     return trials
 
 
@@ -150,7 +311,7 @@ def run_on_gpus(trials: list[Trial], gpus: list[str], poll_s: float = 0.2) -> li
                 print(f"[run_trials] trial {trial.index} on GPU {gpu} (log: {log_path})",
                       flush=True)
                 env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-                with open(log_path, "w") as log:
+                with open(log_path, "a" if trial.action == RESUME else "w") as log:
                     proc = subprocess.Popen(trial.command, env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
                 running[proc] = (trial, gpu)
@@ -177,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     todo = []
     for trial in trials:
         if trial.done:
-            print(f"[run_trials] trial {trial.index}: skipped, "
-                  f"{os.path.join(trial.run_folder, METRICS_FILE)} exists")
+            print(f"[run_trials] trial {trial.index}: skipped, {trial.reason}")
         else:
             todo.append(trial)
+            if trial.action != RUN:
+                print(f"[run_trials] trial {trial.index}: {trial.reason}")
     if args.dry_run:
         for trial in todo:
             gpu = "" if args.gpus is None else "CUDA_VISIBLE_DEVICES=<one of {}> ".format(

@@ -3,6 +3,7 @@ scripts/summarize.py on generated save trees."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -41,10 +42,32 @@ def load_script(name: str):
      ("represnet20", "resnet110", "cifar100", "kdrefine", 0.1, 0.9, 0.0, "3")),
     ("S_represnet8x4_T_resnet8x4_cifar100_crd_r_1.0_a_0.0_b_0.8_12",
      ("represnet8x4", "resnet8x4", "cifar100", "crd", 1.0, 0.0, 0.8, "12")),
+    ("S_represnet20_T_resnet110_cifar100_kdrefine_t_ACB_r_0.1_a_0.9_b_0.0_2",
+     ("represnet20", "resnet110", "cifar100", "kdrefine", 0.1, 0.9, 0.0, "2", "ACB")),
+    ("S_repwrn_16_2_T_wrn_40_2_digits_fsp_t_RepVGG_r_1.0_a_0.0_b_50.0_1",
+     ("repwrn_16_2", "wrn_40_2", "digits", "fsp", 1.0, 0.0, 50.0, "1", "RepVGG")),
 ])
 def test_parse_student_run_name(name, expected, known):
-    keys = ("model_s", "model_t", "dataset", "distill", "gamma", "alpha", "beta", "trial")
+    keys = ("model_s", "model_t", "dataset", "distill", "gamma", "alpha", "beta", "trial",
+            "blocktype")
+    expected = expected if len(expected) == len(keys) else (*expected, "AMBB")
     assert parse_student_run_name(name, known) == dict(zip(keys, expected))
+
+
+def test_run_names_differ_by_block_type_and_keep_the_default_format():
+    names = {bt: student_run_name(Namespace(model_s="represnet20", model_t="resnet110",
+                                            dataset="cifar100", distill="kdrefine", gamma=0.1,
+                                            alpha=0.9, beta=0, trial="1", blocktype=bt))
+             for bt in ("AMBB", "ACB", "RepVGG", "base")}
+    assert names["AMBB"] == "S_represnet20_T_resnet110_cifar100_kdrefine_r_0.1_a_0.9_b_0.0_1"
+    assert len(set(names.values())) == 4
+    for bt, name in names.items():
+        assert parse_student_run_name(name, KNOWN)["blocktype"] == bt
+    ls = Namespace(model_s="resnet20", model_t="resnet56", dataset="cifar100", distill="dkd",
+                   gamma=1, alpha=0, beta=1, trial="1", logit_stand=True, blocktype="ACB")
+    assert student_run_name(ls) == "S_resnet20_T_resnet56_cifar100_dkd_ls_t_ACB_r_1.0_a_0.0_b_1.0_1"
+    parsed = parse_student_run_name(student_run_name(ls), KNOWN)
+    assert (parsed["distill"], parsed["logit_stand"], parsed["blocktype"]) == ("dkd", True, "ACB")
 
 
 def test_parse_rejects_other_folders():
@@ -80,21 +103,57 @@ def test_teacher_arch_from_folder_and_checkpoint(tmp_path):
 
 # ---- run_trials ---------------------------------------------------------------------------
 
+# A stand-in for train_student.py: --print_config prints the resolved configuration as one
+# JSON line; a run writes <model_s>_last.pth and test_last_metrics.json with provenance.
 FAKE_TRAIN = """\
-import json, os, sys
-args = sys.argv[1:]
-trial = args[args.index("--trial") + 1]
-if os.environ.get("FAKE_FAIL_TRIAL") == trial:
-    sys.exit(3)
+import argparse, hashlib, json, os, sys
+p = argparse.ArgumentParser(prog="fake_train.py")
+p.add_argument("--path_t", required=True)
+p.add_argument("--model_s", required=True)
+p.add_argument("--distill", default="kd")
+p.add_argument("--dataset", default="cifar100")
+p.add_argument("-r", "--gamma", type=float, default=0.1)
+p.add_argument("-a", "--alpha", type=float, default=0.9)
+p.add_argument("-b", "--beta", type=float, default=0.0)
+p.add_argument("--epochs", type=int, default=240)
+p.add_argument("--trial", default="1")
+p.add_argument("--seed", type=int, default=None)
+p.add_argument("--num_workers", type=int, default=8)
+p.add_argument("--resume", nargs="?", const="auto", default=None)
+p.add_argument("--overwrite", action="store_true")
+p.add_argument("--print_config", action="store_true")
+p.add_argument("--trials", type=int, default=1)
+opt = p.parse_args()
+config = vars(opt)
+config["model_t"] = os.path.basename(os.path.dirname(opt.path_t)).split("_vanilla")[0]
 folder = os.path.join("save", "student_model",
-                      "S_wrn_16_2_T_wrn_40_2_cifar100_kd_r_0.1_a_0.9_b_0.0_" + trial)
+                      "S_{model_s}_T_{model_t}_{dataset}_{distill}_r_{gamma}_a_{alpha}_b_{beta}_{trial}"
+                      .format(**config))
+if not os.environ.get("FAKE_NO_SAVE_FOLDER"):
+    config["save_folder"] = folder
+if opt.print_config:
+    print("some log line")
+    print(json.dumps(config, sort_keys=True))
+    sys.exit(0)
+if os.environ.get("FAKE_FAIL_TRIAL") == opt.trial:
+    sys.exit(3)
 os.makedirs(folder, exist_ok=True)
 with open(os.path.join(folder, "ran.json"), "w") as f:
-    json.dump({"argv": args, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
+    json.dump({"argv": sys.argv[1:], "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
+reached = min(opt.epochs, int(os.environ.get("FAKE_STOP_AT", opt.epochs)))
+with open(os.path.join(folder, opt.model_s + "_last.pth"), "w") as f:
+    f.write("checkpoint")
+sha = None
+if os.path.isfile(opt.path_t):
+    with open(opt.path_t, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+metrics = {"test_acc": 70.0 + int(opt.trial), "test_acc_top5": 90.0, "test_loss": 1.0,
+           "epoch": reached, "planned_epochs": opt.epochs, "reached_epoch": reached,
+           "config": dict(config, print_config=False),
+           "teacher": {"path": opt.path_t, "sha256": sha, "test_acc": 75.0}}
 with open(os.path.join(folder, "test_last_metrics.json"), "w") as f:
-    json.dump({"test_acc": 70.0 + int(trial), "test_acc_top5": 90.0, "test_loss": 1.0,
-               "epoch": 240}, f)
-print("fake training of trial", trial)
+    json.dump(metrics, f)
+print("fake training of trial", opt.trial)
 """
 RUN_NAME = "S_wrn_16_2_T_wrn_40_2_cifar100_kd_r_0.1_a_0.9_b_0.0_{}"
 
@@ -116,22 +175,27 @@ def run_trials(tmp_path, monkeypatch, capfd):
     return run
 
 
-def fake_command(tmp_path) -> list[str]:
+def fake_command(tmp_path, *extra: str) -> list[str]:
     (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
     return [sys.executable, "fake_train.py", "--path_t",
             "save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth", "--model_s", "wrn_16_2",
-            "--distill", "kd", "-b", "0", "--trial", "9"]
+            "--distill", "kd", "-b", "0", "--trial", "9", *extra]
+
+
+def run_dir(tmp_path, trial: int):
+    return tmp_path / "save" / "student_model" / RUN_NAME.format(trial)
 
 
 def read_run(tmp_path, trial: int) -> dict:
-    with open(tmp_path / "save" / "student_model" / RUN_NAME.format(trial) / "ran.json") as f:
+    with open(run_dir(tmp_path, trial) / "ran.json") as f:
         return json.load(f)
 
 
 def test_run_trials_sequential_skips_finished(tmp_path, run_trials):
-    done = tmp_path / "save" / "student_model" / RUN_NAME.format(2)
+    done = run_dir(tmp_path, 2)
     done.mkdir(parents=True)
-    (done / "test_last_metrics.json").write_text(json.dumps({"test_acc": 1.0}))
+    # an older metrics file (no recorded settings) whose epoch is the command's planned one
+    (done / "test_last_metrics.json").write_text(json.dumps({"test_acc": 1.0, "epoch": 240}))
 
     status, out, _ = run_trials("-n", "3", "--", *fake_command(tmp_path))
     assert status == 0
@@ -153,7 +217,7 @@ def test_run_trials_on_gpus_sets_cuda_visible_devices(tmp_path, run_trials):
     assert status == 0, out
     gpus = [read_run(tmp_path, t)["gpu"] for t in range(1, 5)]
     assert set(gpus) == {"0", "1"}
-    log = tmp_path / "save" / "student_model" / RUN_NAME.format(3) / "run_trials.log"
+    log = run_dir(tmp_path, 3) / "run_trials.log"
     assert "fake training of trial 3" in log.read_text()
 
 
@@ -165,23 +229,40 @@ def test_run_trials_reports_failures(tmp_path, run_trials, monkeypatch):
 
 
 def test_run_trials_user_errors(tmp_path, run_trials):
-    status, _, err = run_trials("-n", "2", "--", "python", "train_student.py",
-                                "--path_t", "t/resnet56_vanilla/ckpt.pth")
+    command = fake_command(tmp_path)
+    status, _, err = run_trials("-n", "2", "--", *command[:4])  # no --model_s
     assert status == 2
-    assert err == "error: the command needs --model_s (it names the run folder)\n"
-    status, _, err = run_trials("-n", "2", "python", "train_student.py")
+    assert err == ("error: the command failed with --print_config (exit 2): fake_train.py: "
+                   "error: the following arguments are required: --model_s\n")
+    status, _, err = run_trials("-n", "2", sys.executable, "fake_train.py")
     assert status == 2 and "after '--'" in err
-    status, _, err = run_trials("-n", "2", "--", "python", "t.py", "--model_s", "resnet8",
-                                "--path_t", "t/resnet56_vanilla/c.pth", "-r", "x")
-    assert status == 2 and "--gamma takes a number" in err
+    status, _, err = run_trials("-n", "2", "--", *command, "-r", "x")
+    assert status == 2 and err.count("\n") == 1
+    assert "argument -r/--gamma: invalid float value: 'x'" in err
+    status, _, err = run_trials("-n", "2", "--", *command, "--trials", "3")
+    assert status == 2 and err.count("\n") == 1 and "drop --trials 3" in err
+    assert not (tmp_path / "save").exists()
+
+
+def test_run_trials_missing_program_is_one_line(tmp_path, run_trials):
+    status, out, err = run_trials("-n", "2", "--", "./no_such_program", "--model_s", "resnet8")
+    assert status == 2 and out == ""
+    assert err == "error: cannot run ./no_such_program: no such program\n"
+    status, out, err = run_trials("-n", "1", "--", sys.executable, "no_such_script.py")
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith("error: the command failed with --print_config (exit 2): ")
+    assert "no_such_script.py" in err
 
 
 def test_run_trials_dry_run_names_default_weights(tmp_path, run_trials):
-    status, out, _ = run_trials("-n", "1", "--dry-run", "--", "python", "train_student.py",
-                                "--path_t", "t/resnet110_vanilla/ckpt.pth",
-                                "--model_s", "represnet20")
-    assert status == 0
-    assert "S_represnet20_T_resnet110_cifar100_kdrefine_r_0.1_a_0.9_b_0.0_1" in out
+    """The real train_student.py --print_config names the folder (recipe weights of kdrefine)."""
+    status, out, err = run_trials("-n", "1", "--dry-run", "--", sys.executable,
+                                  os.path.join(ROOT, "train_student.py"),
+                                  "--path_t", "t/resnet110_vanilla/ckpt.pth",
+                                  "--model_s", "represnet20")
+    assert status == 0, err
+    assert ("(saves to save/student_model/"
+            "S_represnet20_T_resnet110_cifar100_kdrefine_r_0.1_a_0.9_b_0.0_1)") in out
     assert not (tmp_path / "save").exists()
 
 
@@ -194,10 +275,123 @@ def test_with_trial_replaces_every_form():
 def test_run_trials_cli_exit_status(tmp_path):
     """The real command line: a user error is one line on stderr and exit status 2."""
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_trials.py"),
-                             "-n", "2", "--", "python", "train_student.py"],
+                             "-n", "2", "--", sys.executable, "train_student.py"],
                             cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 2
-    assert result.stderr == "error: the command needs --model_s (it names the run folder)\n"
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: the command failed with --print_config (exit 2): ")
+    assert "train_student.py" in result.stderr
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_trials.py"),
+                             "-n", "2", "--", "no_such_program_xyz"],
+                            cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert result.stderr == "error: cannot run no_such_program_xyz: no such program\n"
+
+
+def test_run_trials_resumes_unfinished_and_interrupted(tmp_path, run_trials, monkeypatch):
+    monkeypatch.setenv("FAKE_STOP_AT", "1")
+    status, out, _ = run_trials("-n", "3", "--", *fake_command(tmp_path, "--epochs", "3"))
+    assert status == 0 and "3 ran, 0 skipped" in out
+    monkeypatch.delenv("FAKE_STOP_AT")
+    (run_dir(tmp_path, 2) / "test_last_metrics.json").unlink()  # killed before the end
+    (run_dir(tmp_path, 3) / "wrn_16_2_last.pth").unlink()       # stopped, no checkpoint
+
+    status, out, _ = run_trials("-n", "3", "--", *fake_command(tmp_path, "--epochs", "3"))
+    assert status == 0 and "3 ran, 0 skipped, 0 failed" in out
+    last = os.path.join("save", "student_model", RUN_NAME.format(1), "wrn_16_2_last.pth")
+    assert f"trial 1: unfinished (epoch 1 of 3), continuing from {last}" in out
+    assert read_run(tmp_path, 1)["argv"][-3:] == ["--trial", "1", "--resume"]
+    assert read_run(tmp_path, 2)["argv"][-3:] == ["--trial", "2", "--resume"]
+    assert "trial 3: unfinished (epoch 1 of 3) and no wrn_16_2_last.pth: running it again" in out
+    assert read_run(tmp_path, 3)["argv"][-3:] == ["--trial", "3", "--overwrite"]
+
+    status, out, _ = run_trials("-n", "3", "--", *fake_command(tmp_path, "--epochs", "3"))
+    assert status == 0 and "0 ran, 3 skipped, 0 failed" in out
+
+
+def test_run_trials_stops_on_a_different_configuration(tmp_path, run_trials):
+    status, _, _ = run_trials("-n", "2", "--", *fake_command(tmp_path, "--epochs", "2"))
+    assert status == 0
+    before = read_run(tmp_path, 1)
+    status, out, err = run_trials("-n", "3", "--", *fake_command(tmp_path))
+    assert status == 2 and out == ""
+    folder = os.path.join("save", "student_model", RUN_NAME.format(1))
+    assert err == (f"error: trial 1: {folder} holds a run of a different configuration: "
+                   "epochs: 2 in the folder, 240 in the command; move the folder away or "
+                   "change the command (and 1 more trials)\n")
+    assert read_run(tmp_path, 1) == before and not run_dir(tmp_path, 3).exists()  # nothing ran
+
+    # settings that do not change results (here --num_workers) do not count
+    status, out, _ = run_trials("-n", "2", "--", *fake_command(tmp_path, "--epochs", "2",
+                                                               "--num_workers", "2"))
+    assert status == 0 and "0 ran, 2 skipped" in out
+    # the seed does
+    status, _, err = run_trials("-n", "1", "--", *fake_command(tmp_path, "--epochs", "2",
+                                                               "--seed", "5"))
+    assert status == 2 and "seed: none in the folder, 5 in the command" in err
+
+
+def test_run_trials_compares_teachers_by_hash(tmp_path, run_trials):
+    teacher = tmp_path / "save" / "models" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth"
+    teacher.parent.mkdir(parents=True)
+    teacher.write_bytes(b"teacher one")
+    status, _, _ = run_trials("-n", "1", "--", *fake_command(tmp_path, "--epochs", "1"))
+    assert status == 0
+    copy = tmp_path / "elsewhere" / "wrn_40_2_vanilla" / "ckpt_epoch_240.pth"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"teacher one")  # the same teacher under another path: same trial
+    command = fake_command(tmp_path, "--epochs", "1")
+    command[3] = str(copy.relative_to(tmp_path))
+    status, out, _ = run_trials("-n", "1", "--", *command)
+    assert status == 0 and "0 ran, 1 skipped" in out
+
+    teacher.write_bytes(b"teacher two")
+    status, _, err = run_trials("-n", "1", "--", *fake_command(tmp_path, "--epochs", "1"))
+    one = hashlib.sha256(b"teacher one").hexdigest()[:12]
+    two = hashlib.sha256(b"teacher two").hexdigest()[:12]
+    assert status == 2
+    assert f"teacher: sha256 {one} in the folder, sha256 {two} in the command" in err
+
+
+def test_run_trials_without_recorded_settings(tmp_path, run_trials):
+    for trial, epoch in ((1, 240), (2, 2), (3, 2)):
+        run_dir(tmp_path, trial).mkdir(parents=True)
+        (run_dir(tmp_path, trial) / "test_last_metrics.json").write_text(json.dumps(
+            {"test_acc": 70.0, "test_acc_top5": 90.0, "test_loss": 1.0, "epoch": epoch}))
+    (run_dir(tmp_path, 2) / "wrn_16_2_last.pth").write_text("checkpoint")
+    status, _, err = run_trials("-n", "3", "--", *fake_command(tmp_path))
+    folder = os.path.join("save", "student_model", RUN_NAME.format(3))
+    assert status == 2
+    assert err == (f"error: trial 3: {folder} holds test_last_metrics.json of epoch 2 without "
+                   "recorded settings and no wrn_16_2_last.pth to resume, but the command "
+                   "plans 240 epochs; move the folder away to rerun this trial\n")
+    status, out, _ = run_trials("-n", "2", "--", *fake_command(tmp_path))
+    assert status == 0 and "1 ran, 1 skipped" in out
+    assert "trial 1: skipped" in out
+    assert read_run(tmp_path, 2)["argv"][-1] == "--resume"
+
+
+def test_run_trials_folder_from_run_name_without_save_folder(tmp_path, run_trials,
+                                                             monkeypatch):
+    monkeypatch.setenv("FAKE_NO_SAVE_FOLDER", "1")
+    status, out, _ = run_trials("-n", "2", "--", *fake_command(tmp_path, "--epochs", "1"))
+    assert status == 0 and "2 ran" in out
+    status, out, _ = run_trials("-n", "2", "--dry-run", "--",
+                                *fake_command(tmp_path, "--epochs", "1"))
+    assert status == 0 and out.count("skipped") == 2
+
+
+def test_run_trials_checks_the_checkpoint_it_would_resume(tmp_path, run_trials):
+    folder = run_dir(tmp_path, 1)
+    folder.mkdir(parents=True)
+    torch.save({"epoch": 1, "config": {"model_s": "wrn_16_2", "epochs": 2, "trial": "1",
+                                       "learning_rate": 0.4, "base_learning_rate": 0.05}},
+               folder / "wrn_16_2_last.pth")
+    status, _, err = run_trials("-n", "1", "--", *fake_command(tmp_path, "--epochs", "3"))
+    assert status == 2 and err.count("\n") == 1
+    assert "epochs: 2 in the checkpoint, 3 in the command" in err
+    status, out, _ = run_trials("-n", "1", "--", *fake_command(tmp_path, "--epochs", "2"))
+    assert status == 0 and read_run(tmp_path, 1)["argv"][-1] == "--resume"
 
 
 # ---- summarize ----------------------------------------------------------------------------
@@ -222,9 +416,10 @@ def make_save_tree(root) -> str:
     return str(folder)
 
 
-def expected_cell(values: list[float]) -> str:
+def expected_cell(values: list[float], mark: str = " †") -> str:
+    """A cell as summarize.py prints it; these test files record no settings: marked †."""
     std = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "—"
-    return f"{statistics.fmean(values):.2f} ± {std} ({len(values)})"
+    return f"{statistics.fmean(values):.2f} ± {std} ({len(values)}){mark}"
 
 
 def test_summarize_markdown_and_csv(tmp_path, capsys):
@@ -234,18 +429,35 @@ def test_summarize_markdown_and_csv(tmp_path, capsys):
     assert summarize.main([folder, "--csv", str(csv_path)]) == 0
     out = capsys.readouterr().out
     kd_wrn = expected_cell([74.0, 75.0, 76.5])
-    assert kd_wrn == "75.17 ± 1.26 (3)"
+    assert kd_wrn == "75.17 ± 1.26 (3) †"
     kd_res = expected_cell([70.5, 70.9])
     table = [line for line in out.splitlines() if line.startswith("|")]
-    assert table[0] == "| method | resnet110 → represnet20 | wrn_40_2 → wrn_16_2 |"
-    assert table[2] == f"| kd | {kd_res} | {kd_wrn} |"
-    assert table[3] == "| kdrefine | 71.99 ± — (1) |  |"
+    # pairs in the published tables' order (KDrefine's: wrn_40_2 → wrn_16_2 first)
+    assert table[0] == "| method | wrn_40_2 → wrn_16_2 | resnet110 → represnet20 |"
+    assert table[2] == f"| kd | {kd_wrn} | {kd_res} |"
+    assert table[3] == "| kdrefine |  | 71.99 ± — (1) † |"
     assert len(table) == 4
+    assert "† these metrics files record no settings" in out
 
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    assert rows == [["method", "resnet110 → represnet20", "wrn_40_2 → wrn_16_2"],
-                    ["kd", kd_res, kd_wrn], ["kdrefine", "71.99 ± — (1)", ""]]
+    assert rows[0] == ["dataset", "teacher", "student", "method", "blocktype", "gamma", "alpha",
+                       "beta", "setting", "mean", "std", "n", "published", "diff", "checked",
+                       "unfinished"]
+    expected = [  # one row per cell; published: CRD Table 1 (plain students), KDrefine's row
+        ["cifar100", "wrn_40_2", "wrn_16_2", "kd", "AMBB", 0.1, 0.9, 0.0, "",
+         statistics.fmean([74.0, 75.0, 76.5]), statistics.stdev([74.0, 75.0, 76.5]), 3,
+         74.92, statistics.fmean([74.0, 75.0, 76.5]) - 74.92, 0, 0],
+        ["cifar100", "resnet110", "represnet20", "kd", "AMBB", 0.1, 0.9, 0.0, "", 70.7,
+         statistics.stdev([70.5, 70.9]), 2, 70.67, 70.7 - 70.67, 0, 0],
+        ["cifar100", "resnet110", "represnet20", "kdrefine", "AMBB", 0.1, 0.9, 0.0, "", 71.99,
+         "", 1, 71.99, 0.0, 0, 0],
+    ]
+    assert len(rows) == 1 + len(expected)
+    for row, want in zip(rows[1:], expected):
+        assert row[:5] == want[:5] and row[8] == want[8]
+        for got, value in zip(row[5:8] + row[9:], want[5:8] + want[9:]):
+            assert got == "" if value == "" else float(got) == pytest.approx(value, abs=1e-6)
 
 
 def test_summarize_other_metric_and_several_weights(tmp_path, capsys):
@@ -257,8 +469,8 @@ def test_summarize_other_metric_and_several_weights(tmp_path, capsys):
         json.dump({"test_acc": 73.0, "test_acc_top5": 94.0, "test_loss": 1.3, "epoch": 240}, f)
     assert summarize.main([folder, "--metric", "test_acc_top5"]) == 0
     out = capsys.readouterr().out
-    assert "| kd (r=0.1, a=0.5, b=0.0) |  | 94.00 ± — (1) |" in out
-    assert "| kd (r=0.1, a=0.9, b=0.0) | 95.00 ± 0.00 (2) | 95.00 ± 0.00 (3) |" in out
+    assert "| kd (r=0.1, a=0.5, b=0.0) | 94.00 ± — (1) † |  |" in out
+    assert "| kd (r=0.1, a=0.9, b=0.0) | 95.00 ± 0.00 (3) † | 95.00 ± 0.00 (2) † |" in out
 
 
 def test_summarize_errors(tmp_path, capsys):
