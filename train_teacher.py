@@ -16,6 +16,7 @@ Outputs (relative to the current directory):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 import torch.nn.functional as F
@@ -24,14 +25,16 @@ from dataset import get_dataloaders, num_classes
 from helper.distill import compile_fn
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import exit_on_user_error
-from helper.options import (add_data_flags, add_optimization_flags, add_run_flags,
-                            finalize_device, finalize_optimization)
+from helper.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
+                            finalize_device, finalize_optimization, print_config, resolved_config)
+from helper.logging_utils import LOG_FILE, tee_to
+from helper.run_folder import claimed
 from helper.trainer import Run, make_optimizer, place_model, train_run
 from helper.util import data_seed, set_seed
 from models import imagenet_model_dict, model_dict, zoo_for
 
 
-def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train a teacher network.")
     parser.add_argument("--model", type=str, default="resnet110",
                         help=f"CIFAR: {', '.join(model_dict)}; ImageNet: {', '.join(imagenet_model_dict)}")
@@ -40,21 +43,38 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     add_optimization_flags(parser)
     add_data_flags(parser)
     add_run_flags(parser)
-    opt = parser.parse_args(argv)
+    return parser
+
+
+def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    opt = build_parser().parse_args(argv)
     zoo_for(opt.dataset).check_name(opt.model, "--model")
     finalize_optimization(opt, opt.model, env_world_size())
     opt.model_name = (f"{opt.model}_{opt.dataset}_lr_{opt.base_learning_rate}_decay_{opt.weight_decay}"
                       f"_trial_{opt.trial}")
     opt.save_folder = os.path.join("save", "models", opt.model_name)
     opt.tb_folder = os.path.join("save", "teacher_tensorboards", opt.model_name)
+    check_flag_values(opt)
     return opt
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     opt = parse_option(argv)
-    with distributed(opt.device) as dist:
-        return train(opt, dist)
+    if opt.print_config:
+        print_config(teacher_config(opt))
+        return {}
+    with distributed(opt.device, opt.dist_timeout) as dist:
+        with claimed(opt.save_folder, opt.tb_folder, opt.resume, opt.overwrite, teacher_config(opt),
+                     enabled=dist.is_main):
+            log = tee_to(os.path.join(opt.save_folder, LOG_FILE)) if dist.is_main else contextlib.nullcontext()
+            with log:  # everything printed, and the error line, also into train.log
+                return train(opt, dist)
+
+
+def teacher_config(opt: argparse.Namespace) -> dict:
+    """The resolved configuration (``--print_config``; saved with the run's results)."""
+    return resolved_config(opt, build_parser(), save_folder=opt.save_folder)
 
 
 def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
@@ -85,7 +105,8 @@ def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
               optimizer=optimizer, compute_loss=compute_loss, state_modules={"model": model},
               extra_state={"arch": opt.model}, save_freq=opt.save_freq)
     last, _ = train_run(run, opt, train_loader, test_loader, dist,
-                        f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs", desc=opt.model)
+                        f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs", desc=opt.model,
+                        config=teacher_config(opt))
     return last
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from helper.distributed import DistContext
-from helper.loops import Batch
+from helper.loops import Batch, StepOutput
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -102,22 +102,34 @@ def compile_fn(fn, device: torch.device):
     return torch.compile(fn, mode=mode)
 
 
+def detached(terms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The named terms without autograd history: what is logged of them (unweighted)."""
+    return {name: value.detach() for name, value in terms.items()}
+
+
 class StudentLoss(nn.Module):
     """Student forward, the method's named terms and their weighted sum: everything of a
-    distillation step that trains, as one module (wrapped once in DDP under torchrun)."""
+    distillation step that trains, as one module (wrapped once in DDP under torchrun).
 
-    def __init__(self, student: nn.Module, method: nn.Module, weights: Mapping[str, float]) -> None:
+    Returns ``(loss, student logits)``; with ``with_terms`` also the method's named terms,
+    unweighted and detached (``(loss, logits, terms)``: what :class:`DistillStep` logs)."""
+
+    def __init__(self, student: nn.Module, method: nn.Module, weights: Mapping[str, float],
+                 with_terms: bool = False) -> None:
         super().__init__()
         self.student = student
         self.method = method
         self.weights = dict(weights)
+        self.with_terms = with_terms
 
     def forward(self, images: torch.Tensor, feat_t, logit_t: torch.Tensor, target: torch.Tensor,
                 epoch: int, index: torch.Tensor | None = None,
-                contrast_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                contrast_idx: torch.Tensor | None = None):
         feat_s, logit_s = outputs_for(self.student, images, self.method)
         terms = self.method(feat_s, logit_s, feat_t, logit_t, target, epoch,
                             index=index, contrast_idx=contrast_idx)
+        if self.with_terms:
+            return weighted_sum(terms, self.weights), logit_s, detached(terms)
         return weighted_sum(terms, self.weights), logit_s
 
     def may_leave_parameters_unused(self) -> bool:
@@ -131,7 +143,8 @@ class StudentLoss(nn.Module):
 
 
 class DistillStep:
-    """``(batch) -> (loss, student logits)`` for one training step of ``train_student.py``.
+    """``(batch) -> (loss, student logits)`` for one training step of ``train_student.py``, as a
+    :class:`~helper.loops.StepOutput` carrying the method's unweighted terms (for the logs).
 
     The teacher runs under inference mode (no autograd bookkeeping) and computes only what the
     method reads (logits alone for kd, kdrefine, dkd). With ``compile`` the teacher forward and
@@ -148,7 +161,7 @@ class DistillStep:
         self.method = method
         self.epoch = 1
         self.compiled = compile
-        self.loss = StudentLoss(student, method, weights)
+        self.loss = StudentLoss(student, method, weights, with_terms=True)
         trained: nn.Module = self.loss
         if dist is not None:
             trained = dist.wrap(self.loss, self.loss.may_leave_parameters_unused())
@@ -173,10 +186,11 @@ class DistillStep:
         # inference tensors cannot be saved for backward: hand the loss plain copies
         return (None if feat_t is None else [f.clone() for f in feat_t]), logit_t.clone()
 
-    def student_loss(self, batch: Batch, feat_t, logit_t: torch.Tensor):
+    def student_loss(self, batch: Batch, feat_t, logit_t: torch.Tensor) -> StepOutput:
         """The trained part of the step, given the teacher's outputs for ``batch``."""
-        return self._student_loss(batch.images, feat_t, logit_t, batch.target, self.epoch,
-                                  batch.index, batch.contrast_idx)
+        loss, logits, terms = self._student_loss(batch.images, feat_t, logit_t, batch.target,
+                                                 self.epoch, batch.index, batch.contrast_idx)
+        return StepOutput(loss, logits, terms)
 
     def __call__(self, batch: Batch):
         return self.student_loss(batch, *self.teacher_outputs(batch.images))

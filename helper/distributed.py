@@ -8,13 +8,28 @@ the process group — NCCL on CUDA devices (one process per device, ``cuda:LOCAL
 the CPU — and yields a :class:`DistContext`. Without torchrun (or with one process) the context
 is the single-process one and every helper below is a no-op, so the scripts keep one code path.
 
+A process that stops answering (stopped, hung, or on a lost node) must not leave the others
+waiting forever: the group is started with a timeout (``--dist_timeout`` minutes), and a
+collective that times out or loses its connection ends each surviving rank with one line
+(:class:`~helper.errors.UserError`) that says to rerun with ``--resume``. On the CPU (gloo) a
+blocked collective raises after the timeout. With NCCL the collectives run asynchronously on the
+GPU and the host thread waits in a CUDA synchronisation, not in the collective: torch's NCCL
+watchdog ends the process after the timeout (``TORCH_NCCL_ASYNC_ERROR_HANDLING``, on by default)
+with its own log lines; a timeout that reaches Python as an exception (e.g. with
+``TORCH_NCCL_BLOCKING_WAIT=1``) becomes the one line as with gloo.
+
 Nothing here is a module-level switch: the context is a value handed to whatever needs it.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import inspect
+import math
 import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -42,6 +57,51 @@ def env_world_size(environ: Mapping[str, str] | None = None) -> int:
     return max(1, _env_int(os.environ if environ is None else environ, "WORLD_SIZE", 1))
 
 
+#: Minutes a collective waits for the other processes before the run ends (``--dist_timeout``).
+DEFAULT_TIMEOUT_MINUTES = 30.0
+
+# What torch's backends say when the other processes do not answer (gloo: "Timed out waiting
+# 3000ms for recv operation"; the store: "Timed out after 4 seconds waiting for clients"; NCCL's
+# watchdog: "collective operation timeout") or when the connection to one of them is gone.
+_TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+_CONNECTION_LOST = re.compile(r"connection (reset|closed|refused|aborted)|closed by peer|"
+                              r"broken pipe|end of file|no route to host", re.IGNORECASE)
+_FROM_BACKEND = re.compile(r"gloo|nccl|processgroup|c10d|tcpstore", re.IGNORECASE)
+
+
+def check_timeout(minutes: float) -> float:
+    """``minutes`` as a float, or a :class:`UserError` unless it is a positive finite number."""
+    try:
+        value = float(minutes)
+    except (TypeError, ValueError):
+        raise UserError(f"--dist_timeout must be a number of minutes, got {minutes!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(f"--dist_timeout must be a positive number of minutes (e.g. 30, or 0.5 "
+                        f"for 30 seconds), got {minutes!r}")
+    return value
+
+
+def lost_peer_error(err: BaseException, rank: int,
+                    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> UserError | None:
+    """The one-line :class:`UserError` for a collective that ``err`` ended because another
+    process did not answer within the timeout or its connection was lost; None when ``err`` is
+    something else (a bug or a user error, left as it is)."""
+    if isinstance(err, UserError) or not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    if not (isinstance(err, dist.DistError) or _FROM_BACKEND.search(text)):
+        return None
+    advice = "rerun with --resume to continue from the last checkpoint"
+    if _TIMED_OUT.search(text):
+        return UserError(f"rank {rank}: no answer from the other processes within --dist_timeout "
+                         f"{timeout_minutes:g} minutes (a process stopped or a node was lost); "
+                         f"{advice}")
+    if _CONNECTION_LOST.search(text) or isinstance(err, dist.DistNetworkError):
+        return UserError(f"rank {rank}: lost the connection to the other processes (one of them "
+                         f"exited or its node was lost; see its error, if any); {advice}")
+    return None
+
+
 @dataclass(frozen=True)
 class DistContext:
     """Where this process stands among the training processes.
@@ -54,6 +114,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
 
     @property
     def enabled(self) -> bool:
@@ -64,13 +125,25 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @contextlib.contextmanager
+    def _collective(self) -> Iterator[None]:
+        """Turn a collective's timeout or lost connection into the one-line :class:`UserError`."""
+        try:
+            yield
+        except RuntimeError as err:
+            error = lost_peer_error(err, self.rank, self.timeout_minutes)
+            if error is None:
+                raise
+            raise error from None
+
     # ----- collectives (no-ops with one process) -----
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of ``tensor`` over all processes, as a new tensor (``tensor``
         itself is left alone, so running sums can be reduced more than once)."""
         total = tensor.clone()
         if self.enabled:
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            with self._collective():
+                dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -79,7 +152,8 @@ class DistContext:
         if not self.enabled:
             return tensor
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
+        with self._collective():
+            dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
 
     def broadcast_buffers(self, *modules: nn.Module) -> None:
@@ -89,16 +163,18 @@ class DistContext:
         per-forward broadcast, without a collective in every step."""
         if not self.enabled:
             return
-        for module in modules:
-            for buffer in module.buffers():
-                dist.broadcast(buffer.data, src=0)
+        with self._collective():
+            for module in modules:
+                for buffer in module.buffers():
+                    dist.broadcast(buffer.data, src=0)
 
     def barrier(self) -> None:
         if self.enabled:
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index])
-            else:
-                dist.barrier()
+            with self._collective():
+                if self.device.type == "cuda":
+                    dist.barrier(device_ids=[self.device.index])
+                else:
+                    dist.barrier()
 
     def wrap(self, module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
         """``module`` in :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged
@@ -172,26 +248,51 @@ def context_from_env(device_flag: str | None = "auto",
 
 @contextlib.contextmanager
 def distributed(device_flag: str | None = "auto",
+                timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
                 environ: Mapping[str, str] | None = None) -> Iterator[DistContext]:
     """Start the process group when torchrun asked for several processes, yield the
     :class:`DistContext`, and tear the group down on the way out (also after an error).
 
+    Every collective waits at most ``timeout_minutes`` (``--dist_timeout``; fractions allowed)
+    for the other processes. A timeout or a lost connection inside the block, in the context's
+    collectives or in DDP's gradient all-reduce, ends this rank with one line
+    (:class:`UserError`) instead of a wait without end.
+
     Standard output of ranks other than 0 goes to ``os.devnull`` inside the block, so every
     message is printed once; errors (standard error) still come from every rank.
     """
+    timeout_minutes = check_timeout(timeout_minutes)
     ctx = context_from_env(device_flag, environ)
     if not ctx.enabled:
         yield ctx
         return
+    ctx = dataclasses.replace(ctx, timeout_minutes=timeout_minutes)
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size)
+    if backend == "nccl":
+        _warn_if_nccl_timeout_is_off(ctx, os.environ if environ is None else environ)
+    with ctx._collective():
+        dist.init_process_group(backend=backend, rank=ctx.rank, world_size=ctx.world_size,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     try:
-        if ctx.is_main:
-            yield ctx
-        else:
-            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        with ctx._collective():  # DDP's all-reduce in backward, SyncBatchNorm, ...
+            if ctx.is_main:
                 yield ctx
+            else:
+                with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                    yield ctx
     finally:
         dist.destroy_process_group()
+
+
+def _warn_if_nccl_timeout_is_off(ctx: DistContext, environ: Mapping[str, str]) -> None:
+    """One line on stderr when the environment turns off what makes NCCL honour the timeout."""
+    def on(key: str) -> bool:
+        return environ.get(key, "").strip().lower() not in ("", "0", "false", "no")
+
+    handling = environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", environ.get("NCCL_ASYNC_ERROR_HANDLING"))
+    blocking = on("TORCH_NCCL_BLOCKING_WAIT") or on("NCCL_BLOCKING_WAIT")
+    if handling is not None and handling.strip() == "0" and not blocking and ctx.is_main:
+        print("warning: TORCH_NCCL_ASYNC_ERROR_HANDLING=0: a process that stops answering makes "
+              "the others wait forever, --dist_timeout is not enforced", file=sys.stderr)

@@ -1,20 +1,23 @@
 """Training and evaluation loops.
 
 One epoch loop serves teachers and students: it takes a ``compute_loss`` callable, so it never
-needs to know which distillation method runs. Losses and accuracies accumulate on the device
-and are read once per print interval (no host sync inside a step).
+needs to know which distillation method runs. Losses, accuracies and the method's named loss
+terms accumulate on the device and are read once per print interval (no host sync inside a
+step): shown in the tqdm bar on a terminal, printed as a line otherwise
+(:mod:`helper.logging_utils`).
 """
 from __future__ import annotations
 
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from helper import logging_utils
 from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.util import correct_topk
@@ -64,27 +67,121 @@ def autocast_context(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=amp_dtype(device))
 
 
+class StepOutput(tuple):
+    """What a training step returns: it unpacks as ``(loss, logits)`` and carries the method's
+    named loss terms (unweighted, detached; e.g. ``cls``, ``div``, ``kd``) as ``.terms``, which
+    the meters accumulate for TensorBoard. A step may also return a plain ``(loss, logits)``."""
+
+    def __new__(cls, loss: torch.Tensor, logits: torch.Tensor,
+                terms: Mapping[str, torch.Tensor] | None = None) -> "StepOutput":
+        out = super().__new__(cls, (loss, logits))
+        out.terms = dict(terms or {})
+        return out
+
+
+def step_terms(output) -> dict[str, torch.Tensor]:
+    """The named terms of a step's output (none for a plain ``(loss, logits)``)."""
+    return getattr(output, "terms", None) or {}
+
+
 class DeviceMeter:
-    """Sums of loss, correct predictions and sample count kept on the device."""
+    """Sums of loss, correct predictions, sample count and the named loss terms, kept on the
+    device; :meth:`totals` reads them (one host sync)."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, n
+        self.term_names: list[str] = []
+        self.term_sums = torch.zeros(0, device=device, dtype=torch.float64)  # term x n, per name
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+               terms: Mapping[str, torch.Tensor] | None = None) -> None:
         """Add one batch; everything stays on the device (no host sync)."""
         n = target.size(0)
         top1, top5 = correct_topk(logits, target, (1, 5))
         loss_sum = loss.detach().double() * n
         self.sums += torch.stack([loss_sum, top1.double(), top5.double(), torch.full_like(loss_sum, n)])
+        if terms:
+            names = list(terms)
+            if names != self.term_names:
+                self._add_names(names)
+            values = torch.stack([terms[k].detach().double().reshape(()) for k in names]) * n
+            if names == self.term_names:
+                self.term_sums += values
+            else:  # the terms in another order, or some of them only
+                index = torch.tensor([self.term_names.index(k) for k in names],
+                                     device=self.term_sums.device)
+                self.term_sums.index_add_(0, index, values)
+
+    def _add_names(self, names: list[str]) -> None:
+        new = [k for k in names if k not in self.term_names]
+        if new:
+            self.term_names += new
+            self.term_sums = torch.cat([self.term_sums, self.term_sums.new_zeros(len(new))])
+
+    def totals(self, dist: DistContext | None = None) -> list[float]:
+        """The sums as host numbers (loss x n, top-1, top-5, n, then each term x n); with
+        ``dist``, over all processes (every process must call it at the same point)."""
+        sums = torch.cat([self.sums, self.term_sums])
+        if dist is not None:
+            sums = dist.all_reduce_sum(sums)
+        return sums.tolist()
+
+    def stats(self, totals: list[float], since: list[float] | None = None) -> dict[str, float]:
+        """Mean loss, top-1/top-5 accuracy (percent) and ``loss_<term>`` means of ``totals``
+        (minus the earlier ``since``: the interval between two reads)."""
+        if since is not None:
+            since = since + [0.0] * (len(totals) - len(since))
+            totals = [a - b for a, b in zip(totals, since)]
+        loss, top1, top5, n = totals[:4]
+        n = max(n, 1.0)
+        out = {"loss": loss / n, "acc": 100.0 * top1 / n, "acc_top5": 100.0 * top5 / n}
+        out.update({f"loss_{k}": v / n for k, v in zip(self.term_names, totals[4:])})
+        return out
 
     def read(self, dist: DistContext | None = None) -> dict[str, float]:
-        """Mean loss and top-1/top-5 accuracy (percent); with ``dist``, over the sums of all
-        processes (every process must call it at the same point)."""
-        sums = self.sums if dist is None else dist.all_reduce_sum(self.sums)
-        loss, top1, top5, n = sums.tolist()
-        n = max(n, 1.0)
-        return {"loss": loss / n, "acc": 100.0 * top1 / n, "acc_top5": 100.0 * top5 / n}
+        """Mean loss and top-1/top-5 accuracy (percent), and ``loss_<name>`` for each named term;
+        with ``dist``, over the sums of all processes (every process must call it at the same
+        point)."""
+        return self.stats(self.totals(dist))
+
+
+def shows_bar(dist: DistContext | None, terminal: bool | None) -> bool:
+    """Whether this process shows a tqdm bar: rank 0, on a terminal (``terminal=None`` asks
+    :func:`helper.logging_utils.is_terminal`)."""
+    if dist is not None and not dist.is_main:
+        return False
+    return logging_utils.is_terminal() if terminal is None else terminal
+
+
+def progress_bar(iterable, desc: str, show: bool, total: int | None = None):
+    """The tqdm bar of a loop, on the real stdout (not into ``train.log``), or none."""
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=not show, file=logging_utils.console())
+
+
+def loader_length(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+class ProgressPrinter:
+    """Every ``print_freq`` steps of piped output: one RepDistiller-style line, from the meter's
+    totals read at that step (the interval's values, then the epoch's means)."""
+
+    def __init__(self, epoch: int, total: int | None, label: str = "") -> None:
+        self.epoch, self.total, self.label = epoch, total, label
+        self.timer = logging_utils.StepTimer()
+        self.previous: list[float] | None = None
+
+    def print(self, meter: DeviceMeter, totals: list[float], step: int) -> None:
+        seconds = self.timer.lap(step)
+        recent = meter.stats(totals, since=self.previous)
+        self.previous = totals
+        print(logging_utils.progress_line(self.epoch, step, self.total, seconds, recent,
+                                          meter.stats(totals), self.label), flush=True)
 
 
 def train_epoch(train_modules: Iterable[torch.nn.Module], loader: Iterable,
@@ -92,42 +189,56 @@ def train_epoch(train_modules: Iterable[torch.nn.Module], loader: Iterable,
                 compute_loss: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
                 device: torch.device, epoch: int, print_freq: int = 100, amp: bool = False,
                 scaler: "torch.amp.GradScaler | None" = None, channels_last: bool = False,
-                desc: str = "train", dist: DistContext | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and top-1/top-5 accuracy (percent).
+                desc: str = "train", dist: DistContext | None = None,
+                terminal: bool | None = None, label: str = "") -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy (percent) and the
+    mean of each named loss term the step returns (``loss_<name>``, see :class:`StepOutput`).
 
     ``train_modules`` are put in train mode (everything else keeps its mode: the teacher stays
-    in eval). ``compute_loss(batch)`` returns ``(loss, logits)``. The loss is checked for NaN/inf once per
-    ``print_freq`` steps and at the end: a non-finite loss raises :class:`NonFiniteLossError`
-    before anything is saved.
+    in eval). ``compute_loss(batch)`` returns ``(loss, logits)``. Every ``print_freq`` steps
+    the device sums are read (the only host sync of the loop): on a terminal (``terminal``;
+    None: stdout's) the tqdm bar shows them, otherwise a progress line is printed (prefixed by
+    ``label``); the loss is checked for NaN/inf then and at the end: a non-finite loss raises
+    :class:`NonFiniteLossError` before anything is saved.
 
     With ``dist`` (several processes, each reading its shard) the statistics, and so the
-    NaN/inf check, are over all processes: every process stops at the same step.
+    NaN/inf check, are over all processes: every process stops at the same step; rank 0 alone
+    shows the bar or prints.
     """
     for module in train_modules:
         module.train()
     meter = DeviceMeter(device)
-    bar = tqdm(loader, desc=f"{desc} epoch {epoch}", leave=False, dynamic_ncols=True,
-               disable=bar_disabled(dist))
+    bar_on = shows_bar(dist, terminal)
+    lines = (dist is None or dist.is_main) and not bar_on
+    bar = progress_bar(loader, f"{desc} epoch {epoch}", bar_on)
+    printer = ProgressPrinter(epoch, loader_length(loader), label)
     step = 0
     for step, data in enumerate(bar, 1):
         batch = to_batch(data, device, channels_last)
-        loss, logits = optimize(lambda: compute_loss(batch), optimizer, scaler, device, amp)
-        meter.update(loss, logits.float(), batch.target)
+        output = optimize(lambda: compute_loss(batch), optimizer, scaler, device, amp)
+        loss, logits = output
+        meter.update(loss, logits.float(), batch.target, step_terms(output))
         if print_freq and step % print_freq == 0:
-            stats = checked(meter, epoch, step, dist)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc']:.2f}")
+            totals = meter.totals(dist)
+            stats = check_finite(meter.stats(totals), epoch, step)
+            if lines:
+                printer.print(meter, totals, step)
+            else:
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc']:.2f}")
     return checked(meter, epoch, step, dist)
 
 
 def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
              optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler | None",
-             device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             device: torch.device, amp: bool):
     """One optimizer step on ``compute_loss()`` (under autocast when ``amp``, through
-    ``scaler`` when given); returns its ``(loss, logits)``. A loss with one value per stacked
-    trial (:mod:`helper.stacked`) is summed for the backward pass: the trials share no
-    parameter, so each gets the gradient of its own loss."""
+    ``scaler`` when given); returns what it returned: ``(loss, logits)``, possibly a
+    :class:`StepOutput` with the named terms. A loss with one value per stacked trial
+    (:mod:`helper.stacked`) is summed for the backward pass: the trials share no parameter, so
+    each gets the gradient of its own loss."""
     with autocast_context(device, amp):
-        loss, logits = compute_loss()
+        output = compute_loss()
+    loss = output[0]
     total = loss.sum() if loss.dim() else loss
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -137,17 +248,11 @@ def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     else:
         total.backward()
         optimizer.step()
-    return loss, logits
+    return output
 
 
-def bar_disabled(dist: DistContext | None) -> bool | None:
-    """tqdm's ``disable``: None (auto: off without a terminal) on rank 0, True elsewhere."""
-    return None if dist is None or dist.is_main else True
-
-
-def checked(meter: DeviceMeter, epoch: int, step: int,
-             dist: DistContext | None = None) -> dict[str, float]:
-    stats = meter.read(dist)
+def check_finite(stats: dict[str, float], epoch: int, step: int) -> dict[str, float]:
+    """``stats``, or :class:`NonFiniteLossError` when its loss is NaN/inf."""
     if not math.isfinite(stats["loss"]):
         raise NonFiniteLossError(
             f"training loss became {stats['loss']} at epoch {epoch} (by step {step}); the run stopped "
@@ -155,10 +260,16 @@ def checked(meter: DeviceMeter, epoch: int, step: int,
     return stats
 
 
+def checked(meter: DeviceMeter, epoch: int, step: int,
+            dist: DistContext | None = None) -> dict[str, float]:
+    """The meter's statistics (over all processes with ``dist``), checked for NaN/inf."""
+    return check_finite(meter.read(dist), epoch, step)
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
              channels_last: bool = False, desc: str = "test",
-             dist: DistContext | None = None) -> dict[str, float]:
+             dist: DistContext | None = None, terminal: bool | None = None) -> dict[str, float]:
     """Top-1/top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``.
 
     With ``dist`` each process passes the loader of its disjoint shard of the split and the
@@ -167,7 +278,7 @@ def validate(model: torch.nn.Module, loader: Iterable, device: torch.device, amp
     """
     model.eval()
     meter = DeviceMeter(device)
-    for data in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=bar_disabled(dist)):
+    for data in progress_bar(loader, desc, shows_bar(dist, terminal)):
         batch = to_batch(data, device, channels_last)
         with autocast_context(device, amp):
             logits = model(batch.images)

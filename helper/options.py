@@ -8,8 +8,13 @@ multiplied by the number of processes unless ``--no_lr_scale``.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
 from dataclasses import dataclass
+from typing import Any, Iterable
 
+from helper.errors import UserError
 from helper.util import parse_decay_epochs
 
 #: Architectures the CRD code trains with a learning rate of 0.01 instead of 0.05.
@@ -82,7 +87,14 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
     group.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                        help="continue from CKPT, or from this run's <model>_last.pth when no path is given")
-    group.add_argument("--print_freq", type=int, default=100, help="steps between progress updates")
+    group.add_argument("--print_freq", type=int, default=100,
+                       help="steps between progress updates (0: none)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start again in a run folder that already holds a run (the old folder "
+                            "is moved aside to <folder>.old-<time>, not deleted)")
+    group.add_argument("--print_config", action="store_true",
+                       help="print the resolved configuration (every option after defaults and the "
+                            "method's recipe) as one JSON line and exit without training")
     group.add_argument("--device", type=str, default="auto",
                        help="auto, cpu, cuda or cuda:N (under torchrun: auto or cuda, meaning "
                             "cuda:LOCAL_RANK, or cpu)")
@@ -93,6 +105,10 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_lr_scale", action="store_true",
                        help="keep --learning_rate as given instead of multiplying it by the number "
                             "of processes")
+    group.add_argument("--dist_timeout", type=float, default=30.0, metavar="MINUTES",
+                       help="minutes a process waits for the others in a collective before the run "
+                            "ends with an error (a process stopped or a node lost); fractions "
+                            "allowed; continue with --resume")
     group = parser.add_argument_group("speed")
     group.add_argument("--amp", action="store_true",
                        help="mixed precision: bf16 autocast (fp16 with a grad scaler where bf16 is unsupported)")
@@ -111,24 +127,36 @@ def finalize_device(opt: argparse.Namespace, device) -> argparse.Namespace:
     return opt
 
 
-def finalize_optimization(opt: argparse.Namespace, model_name: str,
-                          world_size: int = 1) -> argparse.Namespace:
+def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: int = 1,
+                          default_lr: float | None = None) -> argparse.Namespace:
     """Fill the data set's defaults of the flags left out (:data:`SCHEDULES`), the
     per-architecture learning rate and the loader kind, and parse the decay epochs.
+
+    The learning rate left out is, on the CIFAR-style schedules, ``default_lr`` when given (a
+    method's published recipe: kdrefine's 0.01), else RepDistiller's rule (0.05; 0.01 for
+    :data:`LOW_LR_MODELS`); on ImageNet, the linear rule of its schedule.
 
     ``opt.base_learning_rate`` is the learning rate of one process (the run names show it);
     ``opt.learning_rate``, the one trained with, is ``world_size`` times it (linear scaling
     with the global batch) unless ``opt.no_lr_scale``. ImageNet's default, 0.1 per 256 images
-    of the global batch, is thereby applied once.
+    of the global batch, is thereby applied once. ``opt.schedule_defaults`` (a frozenset) names
+    the flags filled from the schedule, for :func:`check_flag_values`.
     """
     schedule = SCHEDULES.get(getattr(opt, "dataset", "cifar100"), CIFAR_SCHEDULE)
+    defaulted = set()
     for key in ("epochs", "batch_size", "lr_decay_epochs", "weight_decay"):
         if getattr(opt, key, None) is None:
             setattr(opt, key, getattr(schedule, key))
+            defaulted.add(key)
+    # which flags the schedule filled, for check_flag_values (a frozenset: not part of the
+    # configuration that checkpoints record)
+    opt.schedule_defaults = frozenset(defaulted)
     if opt.learning_rate is None:
         if schedule.lr_per_256 is not None:
             # 12 significant digits: 0.1 * 3 / 256 names a run lr_0.001171875, not ...0000002
             opt.learning_rate = float(f"{schedule.lr_per_256 * opt.batch_size / 256:.12g}")
+        elif default_lr is not None:
+            opt.learning_rate = default_lr
         else:
             opt.learning_rate = 0.01 if model_name in LOW_LR_MODELS else 0.05
     opt.base_learning_rate = opt.learning_rate
@@ -141,3 +169,241 @@ def finalize_optimization(opt: argparse.Namespace, model_name: str,
 
         opt.loader = default_loader(opt.dataset)
     return opt
+
+
+def option_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The destinations of ``parser``'s options (``--learning_rate`` -> ``learning_rate``)."""
+    return [a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"]
+
+
+def resolved_config(opt: argparse.Namespace, parser: argparse.ArgumentParser,
+                    **extra: Any) -> dict[str, Any]:
+    """Every option of ``parser`` after defaults and recipes, as plain JSON values, plus
+    ``extra``. ``learning_rate`` is the rate of one process, as the flag means it (under
+    torchrun the run trains with it times the number of processes unless ``--no_lr_scale``)."""
+    config = {}
+    for name in option_names(parser):
+        value = getattr(opt, name, None)
+        if name == "learning_rate" and hasattr(opt, "base_learning_rate"):
+            value = opt.base_learning_rate
+        config[name] = list(value) if isinstance(value, tuple) else value
+    config.update(extra)
+    return config
+
+
+def print_config(config: dict[str, Any]) -> None:
+    """``--print_config``: the configuration as one JSON object on one line of stdout."""
+    print(json.dumps(config, sort_keys=True), flush=True)
+
+
+# ----------------------------------------------------------------------------- flag values
+
+@dataclass(frozen=True)
+class _Range:
+    """What a numeric flag may be: ``low``/``high`` bounds (None: unbounded), open or closed,
+    and the words that say so in the error."""
+
+    low: float | None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    allowed: str = ""
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+
+_WEIGHT = _Range(0, allowed="must be 0 (the term switched off) or positive: a negative weight would "
+                            "maximise the term")
+#: Every numeric flag of the entry scripts and what it may be (checked where ``opt`` has it).
+FLAG_RANGES: dict[str, _Range] = {
+    "epochs": _Range(1, allowed="must be at least 1 (epochs to train)"),
+    "batch_size": _Range(1, allowed="must be at least 1 (images per batch)"),
+    "print_freq": _Range(0, allowed="must be 0 (no progress lines) or a positive number of steps"),
+    "save_freq": _Range(0, allowed="must be 0 (no ckpt_epoch_<N>.pth files) or a positive number of "
+                                   "epochs"),
+    "init_epochs": _Range(0, allowed="must be 0 (skip the init stage) or a positive number of epochs"),
+    "nce_k": _Range(1, allowed="must be at least 1 (negative samples per positive)"),
+    "feat_dim": _Range(1, allowed="must be at least 1 (embedding dimension)"),
+    "dkd_warmup": _Range(1, allowed="must be at least 1 (epochs over which the DKD loss ramps up)"),
+    "trials": _Range(1, allowed="must be at least 1 (students trained in this process)"),
+    "num_workers": _Range(0, allowed="must be 0 (load in the main process) or a positive number of "
+                                     "worker processes"),
+    "learning_rate": _Range(0, allowed="must be 0 or positive"),
+    "weight_decay": _Range(0, allowed="must be 0 (none) or positive"),
+    "momentum": _Range(0, 1, high_open=True, allowed="must lie in [0, 1) (SGD momentum)"),
+    "lr_decay_rate": _Range(0, 1, low_open=True,
+                            allowed="must lie in (0, 1]: the learning rate is multiplied by it at each "
+                                    "decay epoch (0.1 divides it by 10; 1 keeps it)"),
+    "kd_T": _Range(0, low_open=True, allowed="must be positive (a temperature)"),
+    "nce_t": _Range(0, low_open=True, allowed="must be positive (a temperature)"),
+    "nce_m": _Range(0, 1, high_open=True, allowed="must lie in [0, 1) (momentum of the memory bank)"),
+    "dkd_T": _Range(0, low_open=True, allowed="must be positive (a temperature)"),
+    "gamma": _WEIGHT, "alpha": _WEIGHT, "beta": _WEIGHT, "dkd_alpha": _WEIGHT, "dkd_beta": _WEIGHT,
+}
+#: How the errors spell flags with a short form.
+FLAG_SPELLING = {"gamma": "-r/--gamma", "alpha": "-a/--alpha", "beta": "-b/--beta",
+                 "blocktype": "-t/--blocktype"}
+#: ``--seed`` seeds NumPy, whose seeds lie in 0 .. 2**32 - 1.
+MAX_SEED = 2 ** 32 - 1
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
+
+def flag_name(dest: str) -> str:
+    return FLAG_SPELLING.get(dest, f"--{dest}")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_flag_values(opt: argparse.Namespace) -> None:
+    """Refuse, with one line naming the flag, its value and what it may be, every flag value
+    that cannot mean what the flag says (:data:`FLAG_RANGES`, ``--seed``, ``--device``,
+    ``--lr_decay_epochs``, ``-t`` for a student that has no block types).
+
+    Call it at the end of ``parse_option``, after :func:`finalize_optimization`: the flags left
+    out then hold their data set's defaults, and ``opt.schedule_defaults`` says which were
+    left out. A default decay schedule longer than ``--epochs`` (150,180,210 in a 1-epoch smoke
+    run) is no error: those decays just never happen; decay epochs given explicitly must lie
+    within 1..``--epochs``. Flags ``opt`` lacks are skipped, so every entry script can call it.
+    """
+    for dest, rule in FLAG_RANGES.items():
+        value = getattr(opt, dest, None)
+        if dest == "learning_rate":
+            value = getattr(opt, "base_learning_rate", value)  # as given, before torchrun scaling
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise UserError(f"{flag_name(dest)} {_shown(value)}: not a finite number; it {rule.allowed}")
+        if not rule.admits(value):
+            raise UserError(f"{flag_name(dest)} {_shown(value)}: {rule.allowed}")
+    _check_seed(opt)
+    _check_device(opt)
+    _check_decay_epochs(opt)
+    _check_student_blocktype(opt)
+
+
+def _check_seed(opt: argparse.Namespace) -> None:
+    seed = getattr(opt, "seed", None)
+    if seed is None:
+        return
+    trials = getattr(opt, "trials", 1) or 1
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed}: must lie within 0..{MAX_SEED} (NumPy's seeds)")
+    if seed + trials - 1 > MAX_SEED:
+        raise UserError(f"--seed {seed}: with --trials {trials} the trials' seeds run to "
+                        f"{seed + trials - 1}; they must lie within 0..{MAX_SEED}")
+
+
+def _check_device(opt: argparse.Namespace) -> None:
+    device = getattr(opt, "device", None)
+    if device is None:
+        return
+    if not isinstance(device, str) or not _DEVICE.match(device):
+        raise UserError(f"--device {device}: must be auto, cpu, cuda or cuda:N (N the index of a GPU)")
+    if device.startswith("cuda:"):
+        import torch
+
+        index, count = int(device.split(":", 1)[1]), torch.cuda.device_count()
+        if torch.cuda.is_available() and index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), "
+                            f"cuda:0..cuda:{count - 1}")
+
+
+def _check_decay_epochs(opt: argparse.Namespace) -> None:
+    decay = getattr(opt, "lr_decay_epochs", None)
+    epochs = getattr(opt, "epochs", None)
+    if decay is None or epochs is None or "lr_decay_epochs" in getattr(opt, "schedule_defaults", ()):
+        return
+    milestones = parse_decay_epochs(decay)
+    outside = [m for m in milestones if not 1 <= m <= epochs]
+    if outside:
+        given = decay if isinstance(decay, str) else ",".join(str(m) for m in milestones)
+        raise UserError(f"--lr_decay_epochs {given}: each decay epoch must lie within 1..{epochs} "
+                        f"(--epochs {epochs}); {outside[0]} does not")
+
+
+def _check_student_blocktype(opt: argparse.Namespace) -> None:
+    student, blocktype = getattr(opt, "model_s", None), getattr(opt, "blocktype", None)
+    if student is None or blocktype is None:
+        return
+    from models import zoo_for
+    from models.rep_blocks import DEFAULT_BLOCKTYPE
+
+    zoo = zoo_for(getattr(opt, "dataset", "cifar100"))
+    if blocktype != DEFAULT_BLOCKTYPE and student in zoo.models and not zoo.is_rep(student):
+        rep = ", ".join(sorted(name for name in zoo.models if zoo.is_rep(name)))
+        raise UserError(f"-t/--blocktype {blocktype}: --model_s {student} is not re-parameterizable and "
+                        f"takes no block type; leave -t out, or pick a rep student ({rep})")
+
+
+# ----------------------------------------------------------------------------- recorded flags
+
+def flag_or_record(given: str | None, recorded: str | None, flag: str, path: str, what: str,
+                   default: str | None = None, example: str = "") -> str:
+    """The value of a flag a checkpoint may record (architecture, block type): the record when
+    there is one, else the flag, else ``default``. A flag contradicting the record stops with
+    one line; neither (and no default) with one line saying which flag to give."""
+    if recorded is not None and given is not None and given != recorded:
+        raise UserError(f"{flag} {given} contradicts {path}, which records the {what} {recorded}; "
+                        f"leave {flag} out")
+    value = recorded if recorded is not None else given if given is not None else default
+    if value is None:
+        raise UserError(f"{path} records no {what} (a released checkpoint or a plain state dict); "
+                        f"name it with {flag}{example}")
+    return value
+
+
+def recorded_architecture_in(zoo, arch: str, path: str, flag: str, from_record: bool) -> str:
+    """``arch`` if ``zoo`` has it; else one line: for a name the file records, that the file is
+    for another data set's zoo (or an architecture this code lacks), else the zoo's own
+    unknown-name message for ``flag``."""
+    from models import CIFAR_ZOO, IMAGENET_ZOO
+
+    if arch in zoo.models or not from_record:
+        return zoo.check_name(arch, flag)
+    other = IMAGENET_ZOO if zoo is CIFAR_ZOO else CIFAR_ZOO
+    if arch in other.models:
+        dataset = "imagenet" if other is IMAGENET_ZOO else "cifar100"
+        raise UserError(f"{path} holds {other.name} model ({arch}); pass --dataset {dataset}")
+    raise UserError(f"{path} records the architecture {arch}, which this code does not have; "
+                    f"known models: {', '.join(sorted(zoo.models))}")
+
+
+def fitting_blocktypes(zoo, arch: str, checkpoint: Any, path: str, deploy: bool,
+                       candidates: Iterable[str]) -> list[str]:
+    """The ``candidates`` block types whose ``arch`` (deploy or train form) the weights of
+    ``checkpoint`` fit exactly; an empty list when none does or the weights cannot be read."""
+    from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
+
+    try:
+        state = extract_state_dict(checkpoint, path)
+        n_cls = num_classes_from_state_dict(state, path)
+    except UserError:
+        return []
+    fits = []
+    for blocktype in candidates:
+        try:
+            model = zoo.build(arch, num_classes=n_cls, blocktype=blocktype, deploy=deploy)
+        except Exception:  # a probe: a block type that cannot build does not fit
+            continue
+        if describe_mismatch(model, state) is None:
+            fits.append(blocktype)
+    return fits
+
+
+def blocktype_hint(zoo, arch: str, checkpoint: Any, path: str, deploy: bool, tried: str) -> str:
+    """For a file that records no block type and did not fit ``tried``: ``'; ... pass -t X'``
+    naming the block types whose ``arch`` the weights fit, or ``''`` when none does."""
+    from models import BLOCK_TYPES
+
+    fits = fitting_blocktypes(zoo, arch, checkpoint, path, deploy, [b for b in BLOCK_TYPES if b != tried])
+    if not fits:
+        return ""
+    return (f"; the file records no block type (-t {tried} was assumed) and its weights fit "
+            f"-t {' or '.join(fits)}: pass -t {fits[0]}")

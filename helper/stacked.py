@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from helper.distill import weighted_sum
-from helper.loops import Batch
+from helper.distill import detached, weighted_sum
+from helper.loops import Batch, StepOutput
 
 
 def can_stack(method: nn.Module) -> bool:
@@ -93,7 +93,9 @@ class StackedStudents(nn.Module):
 
 class StackedStep:
     """``(batches of the N trials) -> (per-trial losses (N,), logits (N, B, classes))``: one
-    teacher forward over all batches, one vmapped student forward and loss."""
+    teacher forward over all batches, one vmapped student forward and loss. A
+    :class:`~helper.loops.StepOutput`: its ``terms`` are the method's per-trial terms, ``(N,)``
+    each (unweighted, detached)."""
 
     def __init__(self, stacked: StackedStudents, teacher_step, method: nn.Module,
                  weights: Mapping[str, float]) -> None:
@@ -110,9 +112,9 @@ class StackedStep:
         else:
             feat_s, logit_s = None, self.stacked.functional(params, buffers, images)
         terms = self.method(feat_s, logit_s, feat_t, logit_t, target, self.epoch)
-        return weighted_sum(terms, self.weights), logit_s
+        return weighted_sum(terms, self.weights), logit_s, detached(terms)
 
-    def __call__(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batches: list[Batch]) -> StepOutput:
         n, b = len(batches), batches[0].images.size(0)
         images = torch.stack([x.images for x in batches])
         target = torch.stack([x.target for x in batches])
@@ -124,8 +126,9 @@ class StackedStep:
         in_dims = (0, 0, 0, None if feat_t is None else 0, 0, 0)
         with warnings.catch_warnings():  # kl_div has no batching rule: vmap loops over it, and says so
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            return vmap(self._one, in_dims=in_dims, randomness="different")(
+            losses, logits, terms = vmap(self._one, in_dims=in_dims, randomness="different")(
                 params, self.stacked.stacked_buffers(), images, feat_t, logit_t, target)
+        return StepOutput(losses, logits, terms)
 
 
 class TrialOptimizer:

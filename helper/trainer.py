@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
-from helper.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from helper.checkpoint import describe_mismatch, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.loops import Batch, make_grad_scaler, train_epoch, validate
@@ -99,13 +99,25 @@ class Progress:
 def resume(run: Run, path: str) -> Progress:
     """Restore weights, optimizer, RNG state and counters from ``path``."""
     ckpt = load_checkpoint(path)
+    recorded = ckpt.get("arch") if isinstance(ckpt, dict) else None
+    if isinstance(recorded, str) and recorded != run.extra_state.get("arch", recorded):
+        raise UserError(f"cannot resume from {path}: it is a {recorded} run, this one trains "
+                        f"{run.extra_state['arch']}; give this run's own <name>_last.pth")
     missing = [k for k in ("epoch", "optimizer", "rng_state", *run.state_modules) if k not in ckpt]
     if missing:
         raise UserError(f"cannot resume from {path}: it lacks {', '.join(missing)} "
                         f"(resume needs a <name>_last.pth written by this code)")
     for key, module in run.state_modules.items():
+        problem = describe_mismatch(module, ckpt[key]) if isinstance(ckpt[key], Mapping) else "not a state dict"
+        if problem:
+            raise UserError(f"cannot resume from {path}: its {key!r} does not fit this run "
+                            f"({problem}); give this run's own <name>_last.pth")
         module.load_state_dict(ckpt[key])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"cannot resume from {path}: its optimizer state does not fit this run "
+                        f"({str(err).splitlines()[0]})") from None
     set_rng_state(ckpt["rng_state"])
     print(f"resumed from {path} at epoch {ckpt['epoch']} (best accuracy {ckpt.get('best_acc', 0):.2f})")
     return Progress(start_epoch=int(ckpt["epoch"]) + 1, best_acc=float(ckpt.get("best_acc", 0.0)))
@@ -146,7 +158,9 @@ def start_epoch(run: Run, opt, train_loader, epoch: int) -> float:
 def end_epoch(run: Run, opt, epoch: int, lr: float, train: dict[str, float], seconds: float,
               test_loader, progress: Progress, writer, dist: DistContext, label: str = "") -> dict[str, float]:
     """After training epoch ``epoch``: evaluate, print the summary line (prefixed by ``label``),
-    log TensorBoard scalars, save the checkpoints; returns the test metrics."""
+    log TensorBoard scalars (``train_loss``, ``train_acc``, ``train_loss_<term>`` for each named
+    loss term of ``train``, ``test_loss``, ``test_acc``, ``test_acc_top5``, ``lr``), save the
+    checkpoints; returns the test metrics."""
     dist.broadcast_buffers(*run.state_modules.values())
     test = validate(run.eval_model, test_loader, dist.device, amp=getattr(opt, "amp", False),
                     channels_last=getattr(opt, "channels_last", False), dist=dist)
@@ -156,7 +170,8 @@ def end_epoch(run: Run, opt, epoch: int, lr: float, train: dict[str, float], sec
           f"acc {train['acc']:.2f} | test loss {test['loss']:.4f} acc {test['acc']:.2f} "
           f"top5 {test['acc_top5']:.2f} | best {progress.best_acc:.2f} | {seconds:.1f}s", flush=True)
     if writer is not None:
-        for key, value in (("train_loss", train["loss"]), ("train_acc", train["acc"]),
+        terms = [(f"train_{key}", value) for key, value in train.items() if key.startswith("loss_")]
+        for key, value in (("train_loss", train["loss"]), ("train_acc", train["acc"]), *terms,
                            ("test_loss", test["loss"]), ("test_acc", test["acc"]),
                            ("test_acc_top5", test["acc_top5"]), ("lr", lr)):
             writer.add_scalar(key, value, epoch)
@@ -180,21 +195,38 @@ def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_b
 
 
 def train_run(run: Run, opt, train_loader, test_loader, dist, headline: str,
-              desc: str = "train") -> tuple[dict[str, float], Progress]:
-    """What both entry scripts do once their run is built: resume if ``--resume``, open the
-    TensorBoard writer (rank 0), print ``headline``, :func:`fit`, print the best accuracy."""
+              desc: str = "train", config: dict | None = None) -> tuple[dict[str, float], Progress]:
+    """What both entry scripts do once their run is built and its folder held
+    (:func:`helper.run_folder.claimed`): resume if ``--resume``, open the TensorBoard writer
+    (rank 0), print ``headline``, :func:`fit`, print the best accuracy; ``config`` (the
+    resolved configuration) is written to TensorBoard as the ``config`` text. (The entry script
+    tees what is printed into ``train.log``: :func:`helper.logging_utils.tee_to`.)"""
     import contextlib
 
     from torch.utils.tensorboard import SummaryWriter
 
+    from helper.logging_utils import add_config_text
+
     progress = Progress()
     if opt.resume:
         progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
-    if dist.is_main:
-        os.makedirs(opt.save_folder, exist_ok=True)
     with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
+        add_config_text(writer, config)
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
         print(f"{headline} on {dist.device}{processes}; saving to {opt.save_folder}")
         last = fit(run, opt, train_loader, test_loader, dist.device, writer, progress, desc=desc, dist=dist)
-    print(f"best accuracy: {progress.best_acc:.2f}")
+        if not last:  # resumed after its final epoch was saved: evaluate what was saved
+            last = evaluate_saved(run, opt, test_loader, dist, progress.start_epoch - 1)
+        print(f"best accuracy: {progress.best_acc:.2f}")
     return last, progress
+
+
+def evaluate_saved(run: Run, opt, test_loader, dist: DistContext, epoch: int) -> dict[str, float]:
+    """The test metrics of the model as it stands after ``epoch`` (a run resumed with no epoch
+    left to train still reports, so that its metrics file is written)."""
+    test = validate(run.eval_model, test_loader, dist.device, amp=getattr(opt, "amp", False),
+                    channels_last=getattr(opt, "channels_last", False), dist=dist)
+    print(f"nothing left to train: epoch {epoch} of {opt.epochs} is saved; its test accuracy "
+          f"{test['acc']:.2f}")
+    return {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
+            "epoch": epoch}

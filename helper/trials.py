@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from helper.distill import DistillStep
 from helper.distributed import DistContext
 from helper.errors import UserError
-from helper.loops import (DeviceMeter, NonFiniteLossError, autocast_context, bar_disabled, checked,
-                          make_grad_scaler, optimize, to_batch)
+from helper.logging_utils import add_config_text
+from helper.loops import (DeviceMeter, NonFiniteLossError, ProgressPrinter, autocast_context, check_finite,
+                          make_grad_scaler, optimize, progress_bar, shows_bar, step_terms, to_batch)
 from helper.naming import STUDENT_SAVE_ROOT
 from helper.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
 from helper.trainer import Progress, Run, end_epoch, make_optimizer, resume, start_epoch
@@ -139,15 +139,18 @@ def split_outputs(feat_t, logit_t: torch.Tensor, sizes: list[int]):
 
 def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, print_freq: int = 100,
                        amp: bool = False, channels_last: bool = False, desc: str = "train",
-                       dist: DistContext | None = None,
-                       stacked: StackedTrials | None = None) -> list[dict[str, float] | None]:
+                       dist: DistContext | None = None, stacked: StackedTrials | None = None,
+                       terminal: bool | None = None) -> list[dict[str, float] | None]:
     """One epoch of every trial, step by step together: one teacher forward for all trials'
     batches, then each trial's own optimizer step — or, with ``stacked``, one step of the
-    stacked students. Returns each trial's mean loss and top-1/5.
+    stacked students. Returns each trial's mean loss, top-1/5 and named loss terms
+    (``loss_<name>``, as :func:`helper.loops.train_epoch`).
 
-    A trial whose loss becomes NaN/inf (checked every ``print_freq`` steps and at the end) gets
-    its ``failure`` set and None as its statistics and is no longer counted (nor, unstacked,
-    stepped); the others go on.
+    Every ``print_freq`` steps the trials' device sums are read: on a terminal (``terminal``;
+    None: stdout's) the tqdm bar shows the losses, otherwise each live trial prints a progress
+    line (prefixed by its label). A trial whose loss becomes NaN/inf (checked then and at the
+    end) gets its ``failure`` set and None as its statistics and is no longer counted (nor,
+    unstacked, stepped); the others go on.
     """
     for trial in trials:
         for module in trial.run.train_modules:
@@ -156,9 +159,11 @@ def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, pr
         stacked.model.train()
     meters = [DeviceMeter(device) for _ in trials]
     loaders = [trial.train_loader for trial in trials]
-    bar = tqdm(zip(*loaders), total=min(len(loader) for loader in loaders),
-               desc=f"{desc} epoch {epoch} x{len(trials)} trials", leave=False, dynamic_ncols=True,
-               disable=bar_disabled(dist))
+    total = min(len(loader) for loader in loaders)
+    bar_on = shows_bar(dist, terminal)
+    lines = (dist is None or dist.is_main) and not bar_on
+    bar = progress_bar(zip(*loaders), f"{desc} epoch {epoch} x{len(trials)} trials", bar_on, total)
+    printers = [ProgressPrinter(epoch, total, trial.label) for trial in trials] if lines and print_freq else None
     step = 0
     for step, datas in enumerate(bar, 1):
         live = [k for k, trial in enumerate(trials) if trial.failure is None]
@@ -166,40 +171,49 @@ def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, pr
             break
         if stacked is not None:
             batches = [to_batch(data, device) for data in datas]
-            losses, logits = optimize(lambda: stacked.step(batches), stacked.optimizer,
-                                      stacked.scaler, device, amp)
+            output = optimize(lambda: stacked.step(batches), stacked.optimizer, stacked.scaler,
+                              device, amp)
+            losses, logits = output
+            terms = step_terms(output)
             for k in live:
-                meters[k].update(losses[k], logits[k].float(), batches[k].target)
-            if print_freq and step % print_freq == 0:
-                _checked_trials(trials, meters, epoch, step, dist)
-            continue
-        batches = [to_batch(datas[k], device, channels_last) for k in live]
-        with autocast_context(device, amp):
-            teacher = trials[live[0]].step.teacher_outputs(torch.cat([b.images for b in batches]))
-        per_trial = split_outputs(*teacher, [b.images.size(0) for b in batches])
-        for k, batch, outputs in zip(live, batches, per_trial):
-            trial = trials[k]
-            loss, logits = optimize(lambda: trial.step.student_loss(batch, *outputs),
-                                    trial.run.optimizer, trial.scaler, device, amp)
-            meters[k].update(loss, logits.float(), batch.target)
+                meters[k].update(losses[k], logits[k].float(), batches[k].target,
+                                 {name: value[k] for name, value in terms.items()})
+        else:
+            batches = [to_batch(datas[k], device, channels_last) for k in live]
+            with autocast_context(device, amp):
+                teacher = trials[live[0]].step.teacher_outputs(torch.cat([b.images for b in batches]))
+            per_trial = split_outputs(*teacher, [b.images.size(0) for b in batches])
+            for k, batch, outputs in zip(live, batches, per_trial):
+                trial = trials[k]
+                output = optimize(lambda: trial.step.student_loss(batch, *outputs),
+                                  trial.run.optimizer, trial.scaler, device, amp)
+                loss, logits = output
+                meters[k].update(loss, logits.float(), batch.target, step_terms(output))
         if print_freq and step % print_freq == 0:
-            stats = _checked_trials(trials, meters, epoch, step, dist)
-            bar.set_postfix(loss=" ".join("-" if s is None else f"{s['loss']:.3f}" for s in stats))
+            stats = _checked_trials(trials, meters, epoch, step, dist, printers=printers)
+            if not lines:
+                bar.set_postfix(loss=" ".join("-" if s is None else f"{s['loss']:.3f}" for s in stats))
     return _checked_trials(trials, meters, epoch, step, dist)
 
 
 def _checked_trials(trials: list[Trial], meters: list[DeviceMeter], epoch: int, step: int,
-                    dist: DistContext | None) -> list[dict[str, float] | None]:
-    """Each live trial's statistics; a trial whose loss is no longer finite is marked failed."""
+                    dist: DistContext | None, printers: list[ProgressPrinter] | None = None
+                    ) -> list[dict[str, float] | None]:
+    """Each live trial's statistics (and, with ``printers``, its progress line); a trial whose
+    loss is no longer finite is marked failed."""
     stats = []
-    for trial, meter in zip(trials, meters):
+    for k, (trial, meter) in enumerate(zip(trials, meters)):
         if trial.failure is None:
+            totals = meter.totals(dist)
             try:
-                stats.append(checked(meter, epoch, step, dist))
-                continue
+                stats.append(check_finite(meter.stats(totals), epoch, step))
             except NonFiniteLossError as err:
                 trial.failure = str(err)
                 print(f"{trial.label}{err}; the other trials go on", flush=True)
+            else:
+                if printers is not None:
+                    printers[k].print(meter, totals, step)
+                continue
         stats.append(None)
     return stats
 
@@ -239,10 +253,13 @@ def fit_trials(trials: list[Trial], epochs: int, test_loader, dist: DistContext,
 
 
 def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: str,
-                 desc: str = "train", stacked: StackedTrials | None = None) -> None:
+                 desc: str = "train", stacked: StackedTrials | None = None,
+                 configs: list[dict] | None = None) -> None:
     """What ``train_run`` does for one run, for all trials: resume each (``--resume``), open
-    each one's TensorBoard writer (rank 0), print ``headline``, :func:`fit_trials`, print each
-    trial's best accuracy."""
+    each one's TensorBoard writer (rank 0) with its resolved configuration (``configs``, one
+    per trial) as the ``config`` text, print ``headline``, :func:`fit_trials`, print each
+    trial's best accuracy. (The entry script tees what is printed into every trial's
+    ``train.log``: :func:`helper.logging_utils.tee_to`.)"""
     from torch.utils.tensorboard import SummaryWriter
 
     opt = trials[0].opt
@@ -253,8 +270,9 @@ def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: 
             os.makedirs(trial.opt.save_folder, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if dist.is_main:
-            for trial in trials:
+            for k, trial in enumerate(trials):
                 trial.writer = stack.enter_context(SummaryWriter(trial.opt.tb_folder))
+                add_config_text(trial.writer, configs[k] if configs else None)
         folders = ", ".join(t.opt.save_folder for t in trials)
         how = "stacked students" if stacked else "one step per trial"
         print(f"{headline} on {dist.device}, {len(trials)} trials in one process ({how}); "

@@ -28,12 +28,12 @@ import resource
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import train_student  # noqa: E402
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
 from dataset.synthetic import write_fake_cifar100  # noqa: E402
 from distiller_zoo import get_method, method_names  # noqa: E402
@@ -76,13 +76,12 @@ def parse_option(argv=None) -> argparse.Namespace:
     return opt
 
 
-def method_options(opt) -> SimpleNamespace:
-    """train_student.py's defaults for what methods read."""
-    return SimpleNamespace(kd_T=4.0, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5, mode="exact",
-                           hint_layer=2, logit_stand=False, init_epochs=30, epochs=240,
-                           batch_size=opt.batch_size, gamma=0.1, alpha=0.9, beta=0.0,
-                           learning_rate=0.05, momentum=0.9, weight_decay=5e-4, model_s=opt.student,
-                           distill=opt.distill)
+def method_options(opt) -> argparse.Namespace:
+    """train_student.py's resolved options (defaults and the method's recipe) for this
+    student, method and batch size: what methods read."""
+    return train_student.parse_option(["--path_t", f"{opt.teacher}_vanilla/ckpt_epoch_240.pth",
+                                       "--model_s", opt.student, "--distill", opt.distill,
+                                       "--batch_size", str(opt.batch_size)])
 
 
 class Steps:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The nine teacher/student pairs of the KDrefine table, with re-parameterizable (AMBB) students.
+# The nine teacher/student pairs of the KDrefine table, with re-parameterizable (AMBB) students,
+# with KDrefine's recipe spelled out: -r 0.1 -a 0.9 -b 0, learning rate 0.01 (its defaults).
 # Usage: bash scripts/run_kdrefine.sh [extra train_student.py flags, e.g. --trial 2 or -t ACB]
 set -euo pipefail
 M=./save/models
@@ -17,5 +18,5 @@ pairs=(
 for pair in "${pairs[@]}"; do
   read -r teacher student <<< "$pair"
   python train_student.py --path_t "$M/${teacher}_vanilla/ckpt_epoch_240.pth" \
-    --distill kdrefine --model_s "$student" -r 0.1 -a 0.9 -b 0 "$@"
+    --distill kdrefine --model_s "$student" -r 0.1 -a 0.9 -b 0 --learning_rate 0.01 "$@"
 done

@@ -106,7 +106,8 @@ def _method(name: str, weights: dict[str, float]):
     teacher = freeze(model_dict["resnet14"](num_classes=10))  # same widths: fsp, kdsvd build
     student = model_dict["resnet8"](num_classes=10)
     opt = Namespace(kd_T=4.0, logit_stand=False, feat_dim=16, nce_k=8, nce_t=0.07, nce_m=0.5,
-                    mode="exact", hint_layer=2, batch_size=8, model_s="resnet8")
+                    mode="exact", hint_layer=2, batch_size=8, model_s="resnet8", dkd_alpha=1.0,
+                    dkd_beta=8.0, dkd_T=4.0, dkd_warmup=20)
     preact = get_method(name).needs_preact
     x = torch.randn(8, 3, 32, 32)
     student.eval()
@@ -276,8 +277,8 @@ def test_ddp_student_matches_one_process_and_resumes_single(workdir, monkeypatch
     monkeypatch.chdir(workdir)
     before = set(files_under("save"))
     proc = torchrun("train_student.py", "--path_t", TEACHER, "--model_s", "resnet8",
-                    "--distill", "crd", "-b", "0.8", "--nce_k", "64", "--epochs", "1",
-                    "--trial", "ddp", *FAST, cwd=workdir)
+                    "--distill", "crd", "-r", "0.1", "-a", "0.9", "-b", "0.8", "--nce_k", "64",
+                    "--epochs", "1", "--trial", "ddp", *FAST, cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.splitlines()
     folder = os.path.join("save", "student_model", "S_resnet8_T_resnet8_cifar100_crd_r_0.1_a_0.9_b_0.8_ddp")
@@ -285,7 +286,7 @@ def test_ddp_student_matches_one_process_and_resumes_single(workdir, monkeypatch
     new = sorted(set(files_under("save")) - before)
     assert [f for f in new if f.startswith(os.path.relpath(folder, "save"))] == [
         os.path.join(os.path.relpath(folder, "save"), name)
-        for name in ("resnet8_best.pth", "resnet8_last.pth", "test_last_metrics.json")]
+        for name in ("resnet8_best.pth", "resnet8_last.pth", "test_last_metrics.json", "train.log")]
     assert len([f for f in new if f.startswith(os.path.relpath(tb, "save"))]) == 1  # one event file
     assert not [f for f in files_under(".") if os.path.basename(f).startswith(".tmp")]
 
@@ -307,7 +308,8 @@ def test_ddp_student_matches_one_process_and_resumes_single(workdir, monkeypatch
 
     # --resume with another world size: one process continues the two-process run
     resumed = train_student.main(["--path_t", TEACHER, "--model_s", "resnet8", "--distill", "crd",
-                                  "-b", "0.8", "--nce_k", "64", "--epochs", "2", "--trial", "ddp",
+                                  "-r", "0.1", "-a", "0.9", "-b", "0.8", "--nce_k", "64", "--epochs", "2",
+                                  "--trial", "ddp",
                                   "--resume", *FAST])
     assert resumed["epoch"] == 2 and "resumed from" in capsys.readouterr().out
 
@@ -325,4 +327,5 @@ def test_ddp_nan_stops_every_rank(workdir):
     assert errors and all("loss became nan" in line for line in errors), proc.stderr[-3000:]
     assert last.read_bytes() == before
     nan_run = workdir / "save" / "models" / "resnet8_cifar100_lr_1e+30_decay_0.0005_trial_0"
-    assert nan_run.is_dir() and not list(nan_run.iterdir())
+    assert nan_run.is_dir() and [p.name for p in nan_run.iterdir()] == ["train.log"]  # no checkpoint
+    assert "loss became nan" in (nan_run / "train.log").read_text()

@@ -45,8 +45,9 @@ def test_pipeline_kdrefine_convert_validate(workdir, monkeypatch, capsys):
     assert "teacher resnet8" in out and "test accuracy" in out
     folder = student_folder()
     metrics = json.load(open(os.path.join(folder, "test_last_metrics.json")))
-    assert set(metrics) == {"test_acc", "test_acc_top5", "test_loss", "epoch"}
-    assert metrics["epoch"] == 2 and metrics == pytest.approx(last)
+    assert set(metrics) == {"test_acc", "test_acc_top5", "test_loss", "epoch", "planned_epochs",
+                            "reached_epoch", "config", "teacher", "versions", "wall_time_s"}
+    assert metrics["epoch"] == 2 and {k: metrics[k] for k in last} == pytest.approx(last)
     assert os.path.isfile(os.path.join(folder, "represnet8_best.pth"))
     assert os.listdir(os.path.join("save", "student_tensorboards", os.path.basename(folder)))
 
