@@ -58,7 +58,10 @@ def check_output_file(path: str, flag: str) -> None:
     if os.path.isdir(path):
         raise UserError(f"{flag} {path} is a directory; give a file name, e.g. {os.path.join(path, 'out')}")
     folder = os.path.dirname(os.path.abspath(path))
-    check_writable_folder(folder, what=f"folder of {flag}")
+    try:
+        check_writable_folder(folder, what="folder")
+    except UserError as err:
+        raise UserError(f"cannot write {flag} {path}: {err}") from None
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path} exists and is not writable; choose another file")
 

@@ -91,3 +91,45 @@ def test_repdistiller_teacher_file_loads(tmp_path, capsys):
     check_teachers.main([str(folder / "ckpt_epoch_240.pth")])
     out = capsys.readouterr().out
     assert "resnet56" in out and "72.34" in out
+
+
+@pytest.mark.parametrize("blocktype", ["ACB", "RepVGG"])
+def test_convert_takes_the_recorded_block_type(tmp_path, blocktype):
+    """A checkpoint that records its architecture and block type (train_student.py's 'arch' and
+    'blocktype') converts without -a/-t; the deploy file records both as attributes and still
+    loads with model.load_state_dict(torch.load(f), strict=True)."""
+    model = trained_like("represnet8", num_classes=100, blocktype=blocktype)
+    source, target = tmp_path / "t.pth", tmp_path / "d.pth"
+    torch.save({"model": model.state_dict(), "arch": "represnet8", "blocktype": blocktype}, source)
+    convert.main(["--load", str(source), "--save", str(target)])
+    state = torch.load(target)
+    assert (state.arch, state.blocktype) == ("represnet8", blocktype)
+    deployed = model_dict["represnet8"](num_classes=100, deploy=True).eval()
+    deployed.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_names_the_flag_a_file_without_record_needs(tmp_path, capsys):
+    model = trained_like("represnet8", num_classes=10, blocktype="ACB")
+    source = tmp_path / "raw.pth"
+    torch.save(model.state_dict(), source)
+    for flags, expected in (([], "name it with -a"), (["-a", "represnet8"], "pass -t ACB")):
+        with pytest.raises(SystemExit) as err:
+            convert.main(["--load", str(source), "--save", str(tmp_path / "d.pth"), *flags])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "d.pth").exists()
+
+
+def test_save_naming_a_directory_or_a_path_under_a_file_is_one_line(tmp_path, capsys):
+    import convert
+    from tests.cli_helpers import exit_message
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for target, fragment in ((tmp_path, "is a directory"), (blocker / "deploy.pth", "--save")):
+        msg = exit_message(capsys, convert.main, ["--load", str(blocker), "--save", str(target),
+                                                  "-a", "represnet8"])
+        assert fragment in msg and str(target) in msg
