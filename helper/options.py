@@ -88,7 +88,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                        help="continue from CKPT, or from this run's <model>_last.pth when no path is given")
     group.add_argument("--print_freq", type=int, default=100,
-                       help="steps between progress updates (0: none)")
+                       help="steps between progress updates")
     group.add_argument("--overwrite", action="store_true",
                        help="start again in a run folder that already holds a run (the old folder "
                             "is moved aside to <folder>.old-<time>, not deleted)")
@@ -223,7 +223,7 @@ _WEIGHT = _Range(0, allowed="must be 0 (the term switched off) or positive: a ne
 FLAG_RANGES: dict[str, _Range] = {
     "epochs": _Range(1, allowed="must be at least 1 (epochs to train)"),
     "batch_size": _Range(1, allowed="must be at least 1 (images per batch)"),
-    "print_freq": _Range(0, allowed="must be 0 (no progress lines) or a positive number of steps"),
+    "print_freq": _Range(1, allowed="must be at least 1 (steps between progress lines and NaN checks)"),
     "save_freq": _Range(0, allowed="must be 0 (no ckpt_epoch_<N>.pth files) or a positive number of "
                                    "epochs"),
     "init_epochs": _Range(0, allowed="must be 0 (skip the init stage) or a positive number of epochs"),

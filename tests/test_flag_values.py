@@ -84,6 +84,7 @@ BAD_TEACHER = [
     (["--save_freq", "-1"], "--save_freq -1"),
     (["--batch_size", "-64"], "--batch_size -64"),
     (["--print_freq", "-5"], "--print_freq -5"),
+    (["--print_freq", "0"], "--print_freq 0"),
     (["--device", "gpu"], "--device gpu"),
     (["--epochs", "2", "--lr_decay_epochs", "1,3"], "--lr_decay_epochs 1,3"),
     (["--dataset", "imagenet", "--model", "resnet18", "--epochs", "10", "--lr_decay_epochs", "30"],
@@ -121,7 +122,7 @@ def config(capsys, fn, argv) -> dict:
     ["--epochs", "1"],  # the default schedule (150,180,210) is no error for a short run
     ["--epochs", "3", "--lr_decay_epochs", "1,2,3"],
     ["--epochs", "3", "--lr_decay_epochs", ""],  # no decay at all
-    ["--print_freq", "0", "--init_epochs", "0", "--num_workers", "0"],
+    ["--print_freq", "1", "--init_epochs", "0", "--num_workers", "0"],
     ["--learning_rate", "0", "--weight_decay", "0", "--momentum", "0", "--lr_decay_rate", "1"],
     ["-r", "0", "-a", "0", "-b", "2.5", "--nce_m", "0", "--seed", "0"],
     ["--seed", str(2 ** 32 - 2), "--trials", "2"],
