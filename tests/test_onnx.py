@@ -36,6 +36,7 @@ from helper.onnx_io import (BATCH_DIM, INPUT_NAME, OPSET, OUTPUT_NAME, OnnxRunti
                             io_shape, load_onnx, metadata, node_counts, parameter_count,
                             unfolded_batchnorms)
 from models import imagenet_model_dict, model_dict, reparameterize_model
+from tests.test_reparam import randomize_bn as randomize_bn_in_place
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -68,16 +69,8 @@ CLI_STUDENT, CLI_PLAIN, CLI_BLOCKTYPE = "represnet8", "resnet8", "base"
 
 @torch.no_grad()
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine parameters (as tests/test_reparam.py), small scale so
-    that sums of five branches stay O(1) through deep networks."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-            m.weight.copy_(0.1 + 0.3 * torch.rand(c, generator=gen))
-            m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+    """tests/test_reparam.py's random BN statistics and affine parameters; the model in eval mode."""
+    randomize_bn_in_place(model, seed)
     return model.eval()
 
 
