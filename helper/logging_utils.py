@@ -19,6 +19,8 @@ import time
 import traceback
 from typing import IO, Iterator, Mapping
 
+from helper.errors import UserError
+
 
 def console() -> IO[str]:
     """The stream stdout writes to, without the log files of :func:`tee_to` (for the tqdm bar)."""
@@ -98,8 +100,6 @@ def error_text(err: BaseException) -> str | None:
     """What the log records of an exception leaving the teed block: the ``error: ...`` line of
     :func:`helper.errors.exit_on_user_error` for user errors, ``interrupted`` for Ctrl-C, the
     traceback otherwise; None for a clean ``SystemExit(0)``."""
-    from helper.errors import UserError
-
     if isinstance(err, UserError):
         return f"error: {err}\n"
     if isinstance(err, KeyboardInterrupt):

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
 from helper.util import parse_decay_epochs
 
@@ -379,8 +380,6 @@ def fitting_blocktypes(zoo, arch: str, checkpoint: Any, path: str, deploy: bool,
                        candidates: Iterable[str]) -> list[str]:
     """The ``candidates`` block types whose ``arch`` (deploy or train form) the weights of
     ``checkpoint`` fit exactly; an empty list when none does or the weights cannot be read."""
-    from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
-
     try:
         state = extract_state_dict(checkpoint, path)
         n_cls = num_classes_from_state_dict(state, path)

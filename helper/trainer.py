@@ -24,6 +24,7 @@ import torch.nn as nn
 from helper.checkpoint import describe_mismatch, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from helper.distributed import DistContext
 from helper.errors import UserError
+from helper.logging_utils import add_config_text
 from helper.loops import Batch, make_grad_scaler, train_epoch, validate
 from helper.util import adjust_learning_rate
 
@@ -204,8 +205,6 @@ def train_run(run: Run, opt, train_loader, test_loader, dist, headline: str,
     import contextlib
 
     from torch.utils.tensorboard import SummaryWriter
-
-    from helper.logging_utils import add_config_text
 
     progress = Progress()
     if opt.resume:

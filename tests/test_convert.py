@@ -11,9 +11,12 @@ from models import model_dict
 from scripts import check_teachers
 
 
-def trained_like(name: str, num_classes: int, blocktype: str = "AMBB"):
+def trained_like(name: str, num_classes: int, blocktype: str | None = "AMBB"):
+    """A model with randomized BN statistics (so that conversion is tested on real numbers);
+    ``blocktype`` None for plain models."""
     torch.manual_seed(0)
-    model = model_dict[name](num_classes=num_classes, blocktype=blocktype)
+    kw = {"blocktype": blocktype} if blocktype else {}
+    model = model_dict[name](num_classes=num_classes, **kw)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)

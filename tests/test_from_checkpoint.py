@@ -17,22 +17,15 @@ from helper.checkpoint import load_checkpoint, recorded_model, save_checkpoint
 from helper.trainer import config_dict
 from models import model_dict
 from tests.cli_helpers import exit_message
+from tests.test_convert import trained_like as convert_trained_like
 
 DIGITS = ["--dataset", "digits", "--device", "cpu", "--num_workers", "0", "--batch_size", "128"]
 
 
 def trained_like(name: str, blocktype: str | None = None, num_classes: int = 10):
-    """A model with randomized BN statistics (so that conversion is tested on real numbers)."""
-    torch.manual_seed(0)
-    kw = {"blocktype": blocktype} if blocktype else {}
-    model = model_dict[name](num_classes=num_classes, **kw)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+    """tests/test_convert.py's model with randomized BN statistics (None: the model's default
+    block type, or a plain model)."""
+    return convert_trained_like(name, num_classes, blocktype)
 
 
 def student_checkpoint(path, model, arch: str, blocktype: str) -> None:
