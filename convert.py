@@ -42,9 +42,9 @@ from dataset import DATASETS
 from helper.checkpoint import atomic_write, load_checkpoint, recorded_model, with_digest
 from helper.errors import UserError, exit_on_user_error
 from helper.run_folder import check_output_file
-from helper.model_io import count_parameters, load_model_from_file
+from engine.model_io import count_parameters, load_model_from_file
 from helper.onnx_io import OPSET, export_onnx, image_size, node_counts, parameter_count, write_onnx
-from helper.options import (blocktype_hint, check_flag_values, fitting_blocktypes, flag_or_record,
+from engine.options import (blocktype_hint, check_flag_values, fitting_blocktypes, flag_or_record,
                             recorded_architecture_in)
 from models import BLOCK_TYPES, IMAGENET_ZOO, ModelZoo, reparameterize_model, zoo_for, zoo_of
 from models.rep_blocks import DEFAULT_BLOCKTYPE

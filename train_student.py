@@ -10,7 +10,7 @@ weighting). Outputs (relative to the current directory):
 ``save/student_model/S_<s>_T_<t>_<dataset>_<distill>_r_<r>_a_<a>_b_<b>_<trial>/`` with
 ``<s>_last.pth``, ``<s>_best.pth`` and ``test_last_metrics.json``; TensorBoard scalars in
 ``save/student_tensorboards/<same name>/``. ``--trials N`` trains trials ``--trial`` to
-``--trial + N - 1`` in this one process, sharing the teacher's forward (:mod:`helper.trials`).
+``--trial + N - 1`` in this one process, sharing the teacher's forward (:mod:`engine.trials`).
 
 Under ``torchrun --nproc_per_node=N`` every process distills on its shard of the data: student
 and method are wrapped together in one DistributedDataParallel, the teacher stays outside it,
@@ -24,25 +24,26 @@ import os
 import time
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes, sample_k
 from distiller_zoo import get_method, method_names
 from distiller_zoo.methods import add_method_flags
 from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights,
                                num_classes_from_state_dict, write_json_atomic)
-from helper.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
+from engine.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
                             trainable_only)
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
-from helper.loops import train_epoch, validate
-from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, student_run_name, teacher_arch_from_path
+from engine.loops import train_epoch, validate
+from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, run_name_of, teacher_arch_from_path
 from helper.provenance import file_sha256, project_version
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
-from helper.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
+from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
                             finalize_device, finalize_optimization, print_config, resolved_config)
-from helper.trainer import Run, evaluate_saved, make_optimizer, place_model, train_run
-from helper.trials import (Trial, check_trials_flags, raise_failures, stack_trials, train_trials,
+from engine.trainer import Run, evaluate_saved, make_optimizer, place_model, train_run
+from engine.trials import (Trial, check_trials_flags, raise_failures, stack_trials, train_trials,
                            trial_options)
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
@@ -116,7 +117,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 def student_config(opt: argparse.Namespace) -> dict:
     """The resolved configuration (``--print_config``; saved with the run's results)."""
     return resolved_config(opt, build_parser(),
-                           save_folder=os.path.join(STUDENT_SAVE_ROOT, student_run_name(opt)))
+                           save_folder=os.path.join(STUDENT_SAVE_ROOT, run_name_of(opt)))
 
 
 def teacher_architecture(path: str, ckpt, dataset: str, model_t: str | None = None) -> str:
@@ -167,7 +168,7 @@ def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
     started = time.time()
     teacher_ckpt = load_checkpoint(opt.path_t)
     opt.model_t = teacher_architecture(opt.path_t, teacher_ckpt, opt.dataset, opt.model_t)
-    trial_opts = trial_options(opt, student_run_name)  # the first trial's data seed is opt's
+    trial_opts = trial_options(opt, run_name_of)  # the first trial's data seed is opt's
     with contextlib.ExitStack() as held:  # every trial's folder, before anything trains
         for o in trial_opts:
             held.enter_context(claimed(o.save_folder, o.tb_folder, o.resume, o.overwrite,
@@ -226,7 +227,7 @@ def prepare_trials(opt: argparse.Namespace, dist: DistContext, trial_opts: list 
     opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder, opt.model_t,
                                         teacher_ckpt)
     train_loader, test_loader, n_data = loaders_for(opt, device, dist)
-    trial_opts = trial_opts or trial_options(opt, student_run_name)  # the first trial's data seed is opt's
+    trial_opts = trial_opts or trial_options(opt, run_name_of)  # the first trial's data seed is opt's
     train_loaders = [train_loader] + [train_loader.with_seed(data_seed(o.seed, o.trial))
                                       for o in trial_opts[1:]]
     teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
@@ -287,10 +288,6 @@ def run_init_stage(opt, student, teacher, method, train_loader, device,
     (the other parameters frozen meanwhile, so that DDP averages exactly the init modules').
     Returns the mean init loss of each init epoch, which rank 0 also writes to TensorBoard
     (``init_loss``, in the run's TensorBoard folder)."""
-    import contextlib
-
-    from torch.utils.tensorboard import SummaryWriter
-
     modules = list(method.init_modules(student))
     params = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=method.init_learning_rate(opt), momentum=opt.momentum,

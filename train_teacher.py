@@ -22,14 +22,14 @@ import os
 import torch.nn.functional as F
 
 from dataset import get_dataloaders, num_classes
-from helper.distill import compile_fn
+from engine.distill import compile_fn
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import exit_on_user_error
-from helper.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
+from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
                             finalize_device, finalize_optimization, print_config, resolved_config)
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
-from helper.trainer import Run, make_optimizer, place_model, train_run
+from engine.trainer import Run, make_optimizer, place_model, train_run
 from helper.util import data_seed, set_seed
 from models import imagenet_model_dict, model_dict, zoo_for
 

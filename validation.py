@@ -34,11 +34,11 @@ import torch
 from dataset import DATASETS, get_test_loader, num_classes
 from helper.checkpoint import load_checkpoint, recorded_model
 from helper.errors import UserError, exit_on_user_error
-from helper.loops import validate
-from helper.model_io import count_parameters, load_model_from_file
+from engine.loops import validate
+from engine.model_io import count_parameters, load_model_from_file
 from helper.onnx_io import (OnnxRuntimeModel, image_size, io_shape, load_onnx, metadata, parameter_count,
                             runtime_version)
-from helper.options import (blocktype_hint, check_flag_values, flag_or_record, recorded_architecture_in,
+from engine.options import (blocktype_hint, check_flag_values, flag_or_record, recorded_architecture_in,
                             str2bool)
 from helper.util import resolve_device
 from models import BLOCK_TYPES, zoo_for

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dataset import cifar100, digits, imagenet
+from dataset.device_loader import DeviceLoader
 from dataset.loaders import LOADER_KINDS, Loader
 from helper.errors import UserError
 
@@ -124,8 +125,6 @@ def get_test_loader(dataset: str, batch_size: int = 64, num_workers: int = 0,
     test file, not the training set. ``num_workers`` is accepted for the CLI and unused (the
     data is already decoded in memory) except for ImageNet, whose ``val`` folder is read by a
     DataLoader with that many workers."""
-    from dataset.device_loader import DeviceLoader
-
     if _check(dataset) == "imagenet":
         return imagenet.get_imagenet_val_loader(str(data_folder), batch_size=batch_size,
                                                 num_workers=num_workers)

@@ -27,12 +27,14 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import re
 import tempfile
 import time
 from collections import OrderedDict
 from typing import IO, Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from helper.errors import UserError
@@ -451,8 +453,7 @@ def _show_key(name: str) -> str:
 
 def _hdf5_array(path: str, name: str, dataset) -> Any:
     """One HDF5 dataset as a native-endian numeric numpy array, or a :class:`UserError`."""
-    import h5py
-    import numpy as np
+    import h5py  # optional (only .h5 files need it)
 
     dtype = dataset.dtype
     key = _show_key(name)
@@ -642,10 +643,6 @@ def num_classes_from_state_dict(state: Mapping[str, torch.Tensor], path: str = "
 
 def rng_state() -> dict[str, Any]:
     """The random-number-generator states that make a resumed run continue exactly."""
-    import random
-
-    import numpy as np
-
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -660,10 +657,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what :func:`rng_state` recorded."""
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype("uint32"), np_state["pos"],

@@ -13,8 +13,10 @@ copy of it in the run folder, and errors on stderr.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
+import textwrap
 import time
 import traceback
 from typing import IO, Iterator, Mapping
@@ -145,9 +147,6 @@ LOG_FILE = "train.log"  # in the run folder: what the run printed (rank 0), appe
 def add_config_text(writer, config: Mapping | None) -> None:
     """The resolved configuration as the TensorBoard text ``config`` (JSON, indented four spaces
     so that TensorBoard's markdown shows it verbatim); nothing without a writer or config."""
-    import json
-    import textwrap
-
     if writer is None or config is None:
         return
     text = json.dumps(dict(config), indent=2, sort_keys=True, default=str)

@@ -28,24 +28,11 @@ from helper.errors import UserError
 
 STUDENT_SAVE_ROOT = os.path.join("save", "student_model")
 METRICS_FILE = "test_last_metrics.json"
-# Defaults of train_student.py for the flags that appear in the run name.
-STUDENT_NAME_DEFAULTS: dict[str, Any] = {
-    "dataset": "cifar100", "distill": "kdrefine", "gamma": 0.1, "alpha": 0.9, "beta": 0.0,
-    "trial": "1", "blocktype": "AMBB",
-}
 DEFAULT_BLOCKTYPE = "AMBB"
 _BLOCKTYPE_TAIL = re.compile(r"_t_(?P<blocktype>[A-Za-z0-9]+)$")
 LOGIT_STAND_TAG = "_ls"
 _WEIGHTS_AND_TRIAL = re.compile(
     r"_r_(?P<gamma>[^_]+)_a_(?P<alpha>[^_]+)_b_(?P<beta>[^_]+)_(?P<trial>[^_]+)$")
-
-
-def known_model_names() -> set[str]:
-    """Names of every registered architecture, CIFAR (``models.model_dict``) and ImageNet."""
-    from models import model_dict
-    from models.imagenet import imagenet_model_dict
-
-    return set(model_dict) | set(imagenet_model_dict)
 
 
 def _longest_prefix(text: str, known: Iterable[str], sep: str) -> str | None:
@@ -98,21 +85,29 @@ def format_weight(value: float | str) -> str:
     return str(float(value))
 
 
-def student_run_name(opt: Any) -> str:
-    """Folder name of a student run from an options object (``argparse.Namespace`` or alike).
+#: The settings a student run's folder name is made of (:func:`student_run_name`).
+RUN_NAME_KEYS = ("model_s", "model_t", "dataset", "distill", "gamma", "alpha", "beta", "trial",
+                 "blocktype", "logit_stand")
 
-    Reads ``model_s``, ``model_t`` (if absent or None: :func:`teacher_arch` of ``path_t``),
-    ``dataset``, ``distill``, ``logit_stand`` and ``blocktype`` (absent: off, AMBB), ``gamma``,
-    ``alpha``, ``beta`` and ``trial``.
-    """
-    model_t = getattr(opt, "model_t", None) or teacher_arch(opt.path_t, known_model_names())
-    blocktype = getattr(opt, "blocktype", None) or DEFAULT_BLOCKTYPE
-    method = opt.distill + (LOGIT_STAND_TAG if getattr(opt, "logit_stand", False) else "")
+
+def student_run_name(*, model_s: str, model_t: str, dataset: str, distill: str,
+                     gamma: float | str, alpha: float | str, beta: float | str, trial: str,
+                     blocktype: str = DEFAULT_BLOCKTYPE, logit_stand: bool = False) -> str:
+    """Folder name of a student run (see the module docstring): the default block type (AMBB)
+    and no logit standardization keep the original format."""
+    method = distill + (LOGIT_STAND_TAG if logit_stand else "")
     if blocktype != DEFAULT_BLOCKTYPE:
         method += f"_t_{blocktype}"
     return "S_{}_T_{}_{}_{}_r_{}_a_{}_b_{}_{}".format(
-        opt.model_s, model_t, opt.dataset, method, format_weight(opt.gamma),
-        format_weight(opt.alpha), format_weight(opt.beta), opt.trial)
+        model_s, model_t, dataset, method, format_weight(gamma), format_weight(alpha),
+        format_weight(beta), trial)
+
+
+def run_name_of(settings: Any) -> str:
+    """:func:`student_run_name` of a mapping or an object holding :data:`RUN_NAME_KEYS`
+    (``blocktype`` and ``logit_stand`` may be absent: AMBB, off)."""
+    values = settings if isinstance(settings, dict) else vars(settings)
+    return student_run_name(**{key: values[key] for key in RUN_NAME_KEYS if key in values})
 
 
 def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[str, Any]:

@@ -18,7 +18,7 @@
   ``metadata_props``.
 * :class:`OnnxRuntimeModel` runs a file (or serialized graph) with ONNX Runtime's
   ``CPUExecutionProvider`` and is called like the PyTorch model, ``logits = model(images)``, so
-  :func:`helper.loops.validate` evaluates it unchanged.
+  :func:`engine.loops.validate` evaluates it unchanged.
 
 ``onnx``, ``onnxscript`` and ``onnxruntime`` (``requirements.txt``) are imported when first
 needed, so the rest of the project runs without them. References: ONNX operators,

@@ -19,6 +19,8 @@ import io
 import pickle
 from typing import IO, Any, Mapping
 
+import numpy as np
+
 __all__ = ["RefusedGlobal", "RestrictedUnpickler", "numpy_array_globals", "python3_name",
            "restricted_load", "restricted_loads"]
 
@@ -95,8 +97,6 @@ def numpy_array_globals() -> dict[tuple[str, str], Any]:
     scalars; ``numpy.[_]core.numeric._frombuffer`` for arrays at protocol 5; and
     ``_codecs.encode`` (latin1 only) for ``bytes`` that Python 3 pickled at protocol 2.
     """
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core
     multiarray, numeric = core.multiarray, core.numeric
     allowed: dict[tuple[str, str], Any] = {

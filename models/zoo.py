@@ -51,6 +51,11 @@ def zoo_for(dataset: str) -> ModelZoo:
     return IMAGENET_ZOO if dataset == "imagenet" else CIFAR_ZOO
 
 
+def known_model_names() -> set[str]:
+    """Names of every registered architecture, CIFAR and ImageNet (to parse run names)."""
+    return set(CIFAR_ZOO.models) | set(IMAGENET_ZOO.models)
+
+
 def zoo_of(name: str) -> ModelZoo:
     """The registry holding ``name`` (CIFAR first: CIFAR names keep their CIFAR meaning), for
     tools that take an architecture without a data set (``convert.py``)."""

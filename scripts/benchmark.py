@@ -9,8 +9,8 @@
   training where it pays (``fused="auto"``: on accelerators), channels_last, teacher
   under inference mode computing only what the method reads — plus ``--amp``/``--compile``.
 
-Both run the real ``train_student.py`` step (:class:`helper.distill.DistillStep` inside
-:func:`helper.loops.train_epoch`) on the same models, over generated CIFAR-100-format files when
+Both run the real ``train_student.py`` step (:class:`engine.distill.DistillStep` inside
+:func:`engine.loops.train_epoch`) on the same models, over generated CIFAR-100-format files when
 no ``--data_folder`` is given (teacher and student are randomly initialized: speed does not
 depend on the weights). Prints images/s of each, their ratio, the projected time of a 240-epoch
 CIFAR-100 run (50,000 images per epoch, training steps only) and peak memory; ``--json`` prints
@@ -37,11 +37,11 @@ import train_student  # noqa: E402
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
 from dataset.synthetic import write_fake_cifar100  # noqa: E402
 from distiller_zoo import get_method, method_names  # noqa: E402
-from helper.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
+from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
 from helper.errors import exit_on_user_error  # noqa: E402
-from helper.loops import train_epoch  # noqa: E402
-from helper.trainer import Run, make_optimizer  # noqa: E402
-from helper.trials import Trial, stack_trials, train_trials_epoch  # noqa: E402
+from engine.loops import train_epoch  # noqa: E402
+from engine.trainer import Run, make_optimizer  # noqa: E402
+from engine.trials import Trial, stack_trials, train_trials_epoch  # noqa: E402
 from helper.util import resolve_device  # noqa: E402
 from models import build_model, check_model_name, is_rep_model  # noqa: E402
 
@@ -101,7 +101,7 @@ class Steps:
 def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
                 seed: int) -> Trial:
     """Loader, student, method, optimizer and step of one path (one trial of it)."""
-    channels_last = fast  # the training scripts' default (helper.options.finalize_device)
+    channels_last = fast  # the training scripts' default (engine.options.finalize_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
     method_cls = get_method(opt.distill)
     mopt = method_options(opt)

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helper.checkpoint import load_checkpoint  # noqa: E402
 from helper.errors import exit_on_user_error  # noqa: E402
-from helper.model_io import count_parameters, load_model_from_file  # noqa: E402
+from engine.model_io import count_parameters, load_model_from_file  # noqa: E402
 from helper.naming import teacher_arch_from_path  # noqa: E402
 from models import model_dict  # noqa: E402
 

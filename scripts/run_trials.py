@@ -36,14 +36,13 @@ import os
 import subprocess
 import sys
 import time
-from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
-from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, student_run_name  # noqa: E402
+from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, run_name_of  # noqa: E402
 from helper.provenance import (config_differences, describe_differences,  # noqa: E402
                                file_sha256, is_finished, load_metrics, result_settings,
                                run_config, teacher_sha256)
@@ -163,7 +162,7 @@ def run_folder(config: dict) -> str:
     if isinstance(config.get("save_folder"), str) and config["save_folder"]:
         return config["save_folder"]
     try:
-        return os.path.join(STUDENT_SAVE_ROOT, student_run_name(Namespace(**config)))
+        return os.path.join(STUDENT_SAVE_ROOT, run_name_of(config))
     except (AttributeError, TypeError) as err:
         raise UserError(f"the command's configuration names no run folder ({err})") from None
 

@@ -42,8 +42,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
-from helper.naming import (DEFAULT_BLOCKTYPE, METRICS_FILE, known_model_names,  # noqa: E402
-                           parse_student_run_name)
+from helper.naming import DEFAULT_BLOCKTYPE, METRICS_FILE, parse_student_run_name  # noqa: E402
+from models import known_model_names  # noqa: E402
 from helper.provenance import (ABSENT, TEACHER_KEY, TRIAL_KEYS, config_differences,  # noqa: E402
                                epochs, format_setting, load_metrics, metric_value, run_config,
                                result_settings, setting_order, teacher_sha256)

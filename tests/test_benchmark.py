@@ -41,9 +41,9 @@ def test_benchmark_trials_reports_the_cost_of_n_runs():
 
 
 def test_compiled_step_matches_eager_with_partial_last_batch(monkeypatch):
-    import helper.distill as distill
+    import engine.distill as distill
     from distiller_zoo import build_method
-    from helper.loops import to_batch
+    from engine.loops import to_batch
     from models import model_dict
     from types import SimpleNamespace
 

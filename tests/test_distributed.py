@@ -22,8 +22,8 @@ from dataset.sharding import Shard, ShardSampler
 from dataset.torchvision_loader import TorchvisionLoader
 from helper.distributed import DistContext, context_from_env, env_world_size
 from helper.errors import UserError
-from helper.loops import DeviceMeter, validate
-from helper.options import finalize_optimization
+from engine.loops import DeviceMeter, validate
+from engine.options import finalize_optimization
 from tests.cifar_fixtures import write_fake_cifar100
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_learning_rate_scales_linearly_with_processes():
 
 
 def test_sync_bn_conversion_keeps_the_checkpoint_layout():
-    from helper.trainer import place_model
+    from engine.trainer import place_model
     from models import model_dict
 
     model = model_dict["represnet8"](num_classes=10)
@@ -99,7 +99,7 @@ def test_sync_bn_conversion_keeps_the_checkpoint_layout():
 
 def _method(name: str, weights: dict[str, float]):
     from distiller_zoo import build_method, get_method
-    from helper.distill import StudentLoss, freeze, set_trainable
+    from engine.distill import StudentLoss, freeze, set_trainable
     from models import model_dict
 
     torch.manual_seed(0)

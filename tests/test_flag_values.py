@@ -1,5 +1,5 @@
 """Every numeric flag is checked against its meaning when the flags are parsed
-(helper.options.check_flag_values): a bad value is one line on stderr naming the flag, the value
+(engine.options.check_flag_values): a bad value is one line on stderr naming the flag, the value
 and what is allowed, exit 2, before anything loads or trains; good flag sets still run
 (``--print_config`` exits 0 after parsing)."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ import train_student
 import train_teacher
 import validation
 from helper.errors import UserError
-from helper.options import check_flag_values
+from engine.options import check_flag_values
 from tests.cli_helpers import exit_message
 
 TEACHER = "save/models/resnet110_vanilla/ckpt_epoch_240.pth"  # need not exist with --print_config
@@ -179,7 +179,7 @@ def test_check_flag_values_on_a_namespace():
 
 
 def config_keys() -> set:
-    from helper.trainer import config_dict
+    from engine.trainer import config_dict
 
     opt = train_student.parse_option(["--path_t", TEACHER, "--epochs", "1"])
     return set(config_dict(opt))

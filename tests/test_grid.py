@@ -25,7 +25,7 @@ from dataset.synthetic import write_fake_cifar100
 from distiller_zoo import method_names
 from helper.distributed import DistContext
 from helper.errors import UserError
-from helper.loops import train_epoch
+from engine.loops import train_epoch
 from models import model_dict
 from tests.reference import load_json
 

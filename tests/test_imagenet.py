@@ -272,7 +272,7 @@ def test_imagenet_teacher_student_convert_validate(tmp_path, monkeypatch, capsys
 def test_imagenet_defaults():
     from argparse import Namespace
 
-    from helper.options import finalize_optimization
+    from engine.options import finalize_optimization
 
     opt = finalize_optimization(Namespace(dataset="imagenet", epochs=None, batch_size=None,
                                           learning_rate=None, lr_decay_epochs=None,

@@ -15,7 +15,7 @@ import train_student
 import train_teacher
 from helper import logging_utils
 from helper.errors import UserError
-from helper.loops import DeviceMeter, StepOutput, train_epoch
+from engine.loops import DeviceMeter, StepOutput, train_epoch
 from helper.logging_utils import LOG_FILE, is_terminal, tee_to
 from tests.cli_helpers import FAST, student_args, student_folder, teacher_workdir
 
@@ -204,9 +204,9 @@ def test_stacked_trials_log_their_own_terms(workdir, monkeypatch, capsys):
 def test_compiled_step_returns_the_terms(monkeypatch):
     """The --compile path (dynamo's eager backend, seconds on a CPU) gives the eager step's
     terms, unweighted and detached."""
-    import helper.distill as distill
+    import engine.distill as distill
     from distiller_zoo import build_method
-    from helper.loops import to_batch
+    from engine.loops import to_batch
     from models import model_dict
     from types import SimpleNamespace
 

@@ -10,7 +10,7 @@ import torch
 
 import train_student
 from distiller_zoo import method_names
-from helper.trials import split_outputs
+from engine.trials import split_outputs
 from helper.util import data_seed
 from tests.cli_helpers import exit_message, student_args, student_folder, teacher_workdir
 
@@ -176,10 +176,10 @@ def test_stacked_students_step_like_separate_ones_in_float64(fused, distill):
     from types import SimpleNamespace
 
     from distiller_zoo import build_method
-    from helper.distill import DistillStep, freeze, loss_weights
-    from helper.loops import Batch, optimize
-    from helper.stacked import StackedStep, StackedStudents, TrialOptimizer
-    from helper.trainer import make_optimizer
+    from engine.distill import DistillStep, freeze, loss_weights
+    from engine.loops import Batch, optimize
+    from engine.stacked import StackedStep, StackedStudents, TrialOptimizer
+    from engine.trainer import make_optimizer
     from models import model_dict
 
     torch.manual_seed(0)
@@ -235,9 +235,9 @@ def test_every_stackable_method_gives_the_separate_losses(distill):
     loss of two students equals the separate losses (float64); the others fall back."""
     from types import SimpleNamespace
 
-    from helper.distill import DistillStep, build_method_for, freeze, loss_weights
-    from helper.loops import Batch
-    from helper.stacked import StackedStep, StackedStudents, can_stack
+    from engine.distill import DistillStep, build_method_for, freeze, loss_weights
+    from engine.loops import Batch
+    from engine.stacked import StackedStep, StackedStudents, can_stack
     from models import model_dict
 
     torch.manual_seed(0)

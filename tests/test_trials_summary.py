@@ -55,9 +55,9 @@ def test_parse_student_run_name(name, expected, known):
 
 
 def test_run_names_differ_by_block_type_and_keep_the_default_format():
-    names = {bt: student_run_name(Namespace(model_s="represnet20", model_t="resnet110",
+    names = {bt: student_run_name(**vars(Namespace(model_s="represnet20", model_t="resnet110",
                                             dataset="cifar100", distill="kdrefine", gamma=0.1,
-                                            alpha=0.9, beta=0, trial="1", blocktype=bt))
+                                            alpha=0.9, beta=0, trial="1", blocktype=bt)))
              for bt in ("AMBB", "ACB", "RepVGG", "base")}
     assert names["AMBB"] == "S_represnet20_T_resnet110_cifar100_kdrefine_r_0.1_a_0.9_b_0.0_1"
     assert len(set(names.values())) == 4
@@ -65,8 +65,8 @@ def test_run_names_differ_by_block_type_and_keep_the_default_format():
         assert parse_student_run_name(name, KNOWN)["blocktype"] == bt
     ls = Namespace(model_s="resnet20", model_t="resnet56", dataset="cifar100", distill="dkd",
                    gamma=1, alpha=0, beta=1, trial="1", logit_stand=True, blocktype="ACB")
-    assert student_run_name(ls) == "S_resnet20_T_resnet56_cifar100_dkd_ls_t_ACB_r_1.0_a_0.0_b_1.0_1"
-    parsed = parse_student_run_name(student_run_name(ls), KNOWN)
+    assert student_run_name(**vars(ls)) == "S_resnet20_T_resnet56_cifar100_dkd_ls_t_ACB_r_1.0_a_0.0_b_1.0_1"
+    parsed = parse_student_run_name(student_run_name(**vars(ls)), KNOWN)
     assert (parsed["distill"], parsed["logit_stand"], parsed["blocktype"]) == ("dkd", True, "ACB")
 
 
@@ -79,7 +79,7 @@ def test_parse_rejects_other_folders():
 def test_student_run_name_formats_weights_as_floats():
     opt = Namespace(model_s="wrn_16_2", model_t="wrn_40_2", dataset="cifar100", distill="kd",
                     gamma=0.1, alpha=0.9, beta=0, trial="1")
-    name = student_run_name(opt)
+    name = student_run_name(**vars(opt))
     assert name == "S_wrn_16_2_T_wrn_40_2_cifar100_kd_r_0.1_a_0.9_b_0.0_1"
     assert parse_student_run_name(name, KNOWN)["beta"] == 0.0
 

@@ -105,7 +105,7 @@ class Distiller(nn.Module):
     has_init_stage: ClassVar[bool] = False
     needs_full_batches: ClassVar[bool] = False
     supports_logit_stand: ClassVar[bool] = False
-    #: whether the loss runs under ``torch.func.vmap`` (stacked ``--trials``, :mod:`helper.stacked`)
+    #: whether the loss runs under ``torch.func.vmap`` (stacked ``--trials``, :mod:`engine.stacked`)
     stackable: ClassVar[bool] = True
     #: the published row's weights and learning rate: the defaults of -r/-a/-b/--learning_rate
     recipe: ClassVar[Recipe]

@@ -234,7 +234,7 @@ def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     """One optimizer step on ``compute_loss()`` (under autocast when ``amp``, through
     ``scaler`` when given); returns what it returned: ``(loss, logits)``, possibly a
     :class:`StepOutput` with the named terms. A loss with one value per stacked trial
-    (:mod:`helper.stacked`) is summed for the backward pass: the trials share no parameter, so
+    (:mod:`engine.stacked`) is summed for the backward pass: the trials share no parameter, so
     each gets the gradient of its own loss."""
     with autocast_context(device, amp):
         output = compute_loss()

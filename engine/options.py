@@ -14,9 +14,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import torch
+
+from dataset import default_loader
 from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
 from helper.util import parse_decay_epochs
+from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO, zoo_for
+from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 #: Architectures the CRD code trains with a learning rate of 0.01 instead of 0.05.
 LOW_LR_MODELS = {"MobileNetV2", "ShuffleV1", "ShuffleV2", "repmobilenetv2", "repshufflev1"}
@@ -166,8 +171,6 @@ def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: 
         opt.learning_rate = opt.base_learning_rate * world_size
     opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
     if hasattr(opt, "loader") and opt.loader is None:
-        from dataset import default_loader  # here: the data package imports torchvision
-
         opt.loader = default_loader(opt.dataset)
     return opt
 
@@ -308,8 +311,6 @@ def _check_device(opt: argparse.Namespace) -> None:
     if not isinstance(device, str) or not _DEVICE.match(device):
         raise UserError(f"--device {device}: must be auto, cpu, cuda or cuda:N (N the index of a GPU)")
     if device.startswith("cuda:"):
-        import torch
-
         index, count = int(device.split(":", 1)[1]), torch.cuda.device_count()
         if torch.cuda.is_available() and index >= count:
             raise UserError(f"--device {device}: this machine has {count} CUDA device(s), "
@@ -333,9 +334,6 @@ def _check_student_blocktype(opt: argparse.Namespace) -> None:
     student, blocktype = getattr(opt, "model_s", None), getattr(opt, "blocktype", None)
     if student is None or blocktype is None:
         return
-    from models import zoo_for
-    from models.rep_blocks import DEFAULT_BLOCKTYPE
-
     zoo = zoo_for(getattr(opt, "dataset", "cifar100"))
     if blocktype != DEFAULT_BLOCKTYPE and student in zoo.models and not zoo.is_rep(student):
         rep = ", ".join(sorted(name for name in zoo.models if zoo.is_rep(name)))
@@ -364,8 +362,6 @@ def recorded_architecture_in(zoo, arch: str, path: str, flag: str, from_record: 
     """``arch`` if ``zoo`` has it; else one line: for a name the file records, that the file is
     for another data set's zoo (or an architecture this code lacks), else the zoo's own
     unknown-name message for ``flag``."""
-    from models import CIFAR_ZOO, IMAGENET_ZOO
-
     if arch in zoo.models or not from_record:
         return zoo.check_name(arch, flag)
     other = IMAGENET_ZOO if zoo is CIFAR_ZOO else CIFAR_ZOO
@@ -399,8 +395,6 @@ def fitting_blocktypes(zoo, arch: str, checkpoint: Any, path: str, deploy: bool,
 def blocktype_hint(zoo, arch: str, checkpoint: Any, path: str, deploy: bool, tried: str) -> str:
     """For a file that records no block type and did not fit ``tried``: ``'; ... pass -t X'``
     naming the block types whose ``arch`` the weights fit, or ``''`` when none does."""
-    from models import BLOCK_TYPES
-
     fits = fitting_blocktypes(zoo, arch, checkpoint, path, deploy, [b for b in BLOCK_TYPES if b != tried])
     if not fits:
         return ""

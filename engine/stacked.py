@@ -17,7 +17,7 @@ separate run's optimizer, so each trial's checkpoint is exactly a separate run's
 
 Stacking needs a method without parameters, buffers, init stage or sample indices whose loss
 vmap can batch: kd, kdrefine, dkd, attention, similarity, pkt, nst and kdsvd. The others train
-with a shared teacher forward and one step per trial (:mod:`helper.trials`).
+with a shared teacher forward and one step per trial (:mod:`engine.trials`).
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from helper.distill import detached, weighted_sum
-from helper.loops import Batch, StepOutput
+from engine.distill import detached, weighted_sum
+from engine.loops import Batch, StepOutput
 
 
 def can_stack(method: nn.Module) -> bool:
@@ -94,7 +94,7 @@ class StackedStudents(nn.Module):
 class StackedStep:
     """``(batches of the N trials) -> (per-trial losses (N,), logits (N, B, classes))``: one
     teacher forward over all batches, one vmapped student forward and loss. A
-    :class:`~helper.loops.StepOutput`: its ``terms`` are the method's per-trial terms, ``(N,)``
+    :class:`~engine.loops.StepOutput`: its ``terms`` are the method's per-trial terms, ``(N,)``
     each (unweighted, detached)."""
 
     def __init__(self, stacked: StackedStudents, teacher_step, method: nn.Module,

@@ -13,6 +13,7 @@ modules, so checkpoints do not depend on the number of processes and ``--resume`
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,13 +21,15 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
+from torch.utils.tensorboard import SummaryWriter
 
 from helper.checkpoint import describe_mismatch, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.logging_utils import add_config_text
-from helper.loops import Batch, make_grad_scaler, train_epoch, validate
+from engine.loops import Batch, make_grad_scaler, train_epoch, validate
 from helper.util import adjust_learning_rate
+from models import set_fused
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], opt) -> torch.optim.SGD:
@@ -52,8 +55,6 @@ def place_model(model: nn.Module, opt, dist: DistContext) -> nn.Module:
         if dist.device.type != "cuda":
             raise UserError("--sync_bn needs CUDA devices (SyncBatchNorm runs over NCCL); "
                             "leave it out for CPU runs")
-        from models import set_fused
-
         model = nn.SyncBatchNorm.convert_sync_batchnorm(set_fused(model, False))
     model = model.to(dist.device)
     if getattr(opt, "channels_last", False):
@@ -202,10 +203,6 @@ def train_run(run: Run, opt, train_loader, test_loader, dist, headline: str,
     (rank 0), print ``headline``, :func:`fit`, print the best accuracy; ``config`` (the
     resolved configuration) is written to TensorBoard as the ``config`` text. (The entry script
     tees what is printed into ``train.log``: :func:`helper.logging_utils.tee_to`.)"""
-    import contextlib
-
-    from torch.utils.tensorboard import SummaryWriter
-
     progress = Progress()
     if opt.resume:
         progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)

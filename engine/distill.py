@@ -16,8 +16,9 @@ from typing import Iterable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
+from distiller_zoo import build_method, get_method
 from helper.distributed import DistContext
-from helper.loops import Batch, StepOutput
+from engine.loops import Batch, StepOutput
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -66,8 +67,6 @@ def build_method_for(name: str, opt, student: nn.Module, teacher: nn.Module,
     """:func:`distiller_zoo.build_method` with the feature shapes read off one forward of
     ``probe`` (a couple of images) through student (in eval mode) and teacher; the method is
     put on ``probe``'s device."""
-    from distiller_zoo import build_method, get_method
-
     preact = get_method(name).needs_preact
     student.eval()
     with torch.no_grad():
@@ -144,7 +143,7 @@ class StudentLoss(nn.Module):
 
 class DistillStep:
     """``(batch) -> (loss, student logits)`` for one training step of ``train_student.py``, as a
-    :class:`~helper.loops.StepOutput` carrying the method's unweighted terms (for the logs).
+    :class:`~engine.loops.StepOutput` carrying the method's unweighted terms (for the logs).
 
     The teacher runs under inference mode (no autograd bookkeeping) and computes only what the
     method reads (logits alone for kd, kdrefine, dkd). With ``compile`` the teacher forward and

@@ -14,7 +14,7 @@ What is always shared is the teacher's forward: one call on ``N x batch`` images
 calls. On a GPU at batch 64 the teacher is bound by per-call latency, so the N-fold batch costs
 little more than one; on a CPU the work is arithmetic and nothing is saved (README figures).
 With ``--trials_mode stacked`` (``auto``'s choice on CUDA, where the method allows) the students
-are stacked too and take one step for all (:mod:`helper.stacked`).
+are stacked too and take one step for all (:mod:`engine.stacked`).
 """
 from __future__ import annotations
 
@@ -26,16 +26,17 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
-from helper.distill import DistillStep
+from engine.distill import DistillStep
 from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.logging_utils import add_config_text
-from helper.loops import (DeviceMeter, NonFiniteLossError, ProgressPrinter, autocast_context, check_finite,
+from engine.loops import (DeviceMeter, NonFiniteLossError, ProgressPrinter, autocast_context, check_finite,
                           make_grad_scaler, optimize, progress_bar, shows_bar, step_terms, to_batch)
 from helper.naming import STUDENT_SAVE_ROOT
-from helper.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
-from helper.trainer import Progress, Run, end_epoch, make_optimizer, resume, start_epoch
+from engine.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
+from engine.trainer import Progress, Run, end_epoch, make_optimizer, resume, start_epoch
 
 
 def check_trials_flags(opt: argparse.Namespace, world_size: int = 1) -> None:
@@ -77,7 +78,7 @@ def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]
 
 @dataclass
 class StackedTrials:
-    """The trials' students stacked into one model, stepped by one optimizer (:mod:`helper.stacked`)."""
+    """The trials' students stacked into one model, stepped by one optimizer (:mod:`engine.stacked`)."""
 
     model: StackedStudents
     step: StackedStep
@@ -99,7 +100,7 @@ def stack_trials(trials: list[Trial], mode: str, device: torch.device, opt) -> S
                             f"{opt.distill} is not one: use --trials_mode shared_teacher")
         return None
     if mode == "auto" and device.type != "cuda":
-        return None  # measured slower on CPU (see helper.stacked)
+        return None  # measured slower on CPU (see engine.stacked)
     students = [trial.step.loss.student for trial in trials]
     model = StackedStudents(students)
     optimizer = make_optimizer(model.stacked_params, opt)
@@ -144,7 +145,7 @@ def train_trials_epoch(trials: list[Trial], device: torch.device, epoch: int, pr
     """One epoch of every trial, step by step together: one teacher forward for all trials'
     batches, then each trial's own optimizer step — or, with ``stacked``, one step of the
     stacked students. Returns each trial's mean loss, top-1/5 and named loss terms
-    (``loss_<name>``, as :func:`helper.loops.train_epoch`).
+    (``loss_<name>``, as :func:`engine.loops.train_epoch`).
 
     Every ``print_freq`` steps the trials' device sums are read: on a terminal (``terminal``;
     None: stdout's) the tqdm bar shows the losses, otherwise each live trial prints a progress
@@ -260,8 +261,6 @@ def train_trials(trials: list[Trial], test_loader, dist: DistContext, headline: 
     per trial) as the ``config`` text, print ``headline``, :func:`fit_trials`, print each
     trial's best accuracy. (The entry script tees what is printed into every trial's
     ``train.log``: :func:`helper.logging_utils.tee_to`.)"""
-    from torch.utils.tensorboard import SummaryWriter
-
     opt = trials[0].opt
     for trial in trials:
         if opt.resume:
