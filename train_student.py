@@ -33,18 +33,19 @@ from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights
                                num_classes_from_state_dict, write_json_atomic)
 from engine.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
                             trainable_only)
+from engine.fit import EvaluateAndSave, InitStageLog, LoopSettings, Member, fit, raise_failures
+from engine.loops import make_grad_scaler, validate
+from engine.stepping import OwnSteps, Stacked
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
-from engine.loops import train_epoch, validate
 from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, run_name_of, teacher_arch_from_path
 from helper.provenance import file_sha256, project_version
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
 from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
                             finalize_device, finalize_optimization, print_config, resolved_config)
-from engine.trainer import Run, evaluate_saved, make_optimizer, place_model, train_run
-from engine.trials import (Trial, check_trials_flags, raise_failures, stack_trials, train_trials,
-                           trial_options)
+from engine.trainer import Run, place_model, report_members, start_members
+from engine.trials import TrialParts, check_stacked_start, check_trials_flags, stepping_for, trial_options
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
 
@@ -80,14 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--logit_stand", action="store_true",
                        help="logit standardization (Sun et al., CVPR 2024) for kd and dkd")
     group.add_argument("--init_epochs", type=int, default=30, help="init stage of abound, factor, fsp")
-    group.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4])
-    group = parser.add_argument_group("CRD")
-    group.add_argument("--feat_dim", type=int, default=128, help="embedding dimension")
-    group.add_argument("--mode", type=str, default="exact", choices=["exact", "relax"])
-    group.add_argument("--nce_k", type=int, default=16384, help="negative samples for NCE")
-    group.add_argument("--nce_t", type=float, default=0.07, help="softmax temperature")
-    group.add_argument("--nce_m", type=float, default=0.5, help="momentum of the memory bank")
-    add_method_flags(parser)
+    add_method_flags(parser)  # CRD's, DKD's and FitNet's flags (distiller_zoo.methods)
     add_optimization_flags(parser)
     add_data_flags(parser)
     add_run_flags(parser)
@@ -152,57 +146,79 @@ def load_teacher(path: str, dataset: str, device: torch.device, data_folder: str
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Distill in this process (one of several under torchrun); returns the last test metrics
+    (of the first trial with ``--trials``). Every trial's folder is claimed before anything
+    trains, and everything printed from then on (the error line too) goes into its
+    ``train.log``."""
     opt = parse_option(argv)
     if opt.print_config:
-        ckpt = load_checkpoint(opt.path_t) if os.path.isfile(opt.path_t) else None
-        opt.model_t = teacher_architecture(opt.path_t, ckpt, opt.dataset, opt.model_t)
-        print_config(student_config(opt))
-        return {}
-    with distributed(opt.device, opt.dist_timeout) as dist:
-        return distill(opt, dist)
-
-
-def distill(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
-    """Distill in this process (one of several under torchrun); returns the last test metrics
-    (of the first trial with ``--trials``)."""
+        return print_student_config(opt)
     started = time.time()
-    teacher_ckpt = load_checkpoint(opt.path_t)
-    opt.model_t = teacher_architecture(opt.path_t, teacher_ckpt, opt.dataset, opt.model_t)
-    trial_opts = trial_options(opt, run_name_of)  # the first trial's data seed is opt's
-    with contextlib.ExitStack() as held:  # every trial's folder, before anything trains
-        for o in trial_opts:
-            held.enter_context(claimed(o.save_folder, o.tb_folder, o.resume, o.overwrite,
-                                       student_config(o), enabled=dist.is_main))
-        if dist.is_main:  # everything printed from here on, and the error line, into train.log
-            held.enter_context(tee_to(*(os.path.join(o.save_folder, LOG_FILE) for o in trial_opts)))
-        trials, test_loader, teacher_acc = prepare_trials(opt, dist, trial_opts, teacher_ckpt)
-        return train_trials_of(opt, trials, test_loader, teacher_acc, dist, started)
+    with distributed(opt.device, opt.dist_timeout) as dist, contextlib.ExitStack() as held:
+        finalize_device(opt, dist.device)  # before the trials copy the options
+        teacher_ckpt = load_checkpoint(opt.path_t)
+        opt.model_t = teacher_architecture(opt.path_t, teacher_ckpt, opt.dataset, opt.model_t)
+        trial_opts = trial_options(opt, run_name_of)  # the first trial's data seed is opt's
+        hold_folders(held, trial_opts, dist)
+        members, stepping, test_loader, teacher_acc = prepare_trials(opt, dist, trial_opts, teacher_ckpt)
+        start_members(members, opt.resume, dist, [student_config(o) for o in trial_opts], held)
+        check_stacked_start(stepping, members)
+        print(headline(opt, dist, members, stepping))
+        settings = loop_settings(opt, opt.distill)
+        fit(members, stepping, EvaluateAndSave(test_loader, dist, settings), opt.epochs, settings, dist)
+        report_members(members)
+        write_results(opt, members, teacher_acc, dist, time.time() - started)
+        raise_failures(members)
+        return members[0].last
 
 
-def train_trials_of(opt: argparse.Namespace, trials: list[Trial], test_loader, teacher_acc: float,
-                    dist: DistContext, started: float) -> dict[str, float]:
-    """Train the prepared trials and write each one's metrics with their provenance."""
-    headline = (f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
-                f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs")
-    if len(trials) == 1:
-        trials[0].last, trials[0].progress = train_run(trials[0].run, opt, trials[0].train_loader,
-                                                       test_loader, dist, headline, desc=opt.distill,
-                                                       config=student_config(opt))
-    else:
-        stacked = stack_trials(trials, opt.trials_mode, dist.device, opt)
-        train_trials(trials, test_loader, dist, headline, desc=opt.distill, stacked=stacked,
-                     configs=[student_config(t.opt) for t in trials])
-        for trial in trials:  # resumed after its final epoch was saved: evaluate what was saved
-            if not trial.last and trial.failure is None:
-                trial.last = evaluate_saved(trial.run, trial.opt, test_loader, dist,
-                                            trial.progress.start_epoch - 1)
+def print_student_config(opt: argparse.Namespace) -> dict:
+    """``--print_config``: the resolved configuration (the teacher's architecture read from
+    its file when there is one); nothing is written."""
+    ckpt = load_checkpoint(opt.path_t) if os.path.isfile(opt.path_t) else None
+    opt.model_t = teacher_architecture(opt.path_t, ckpt, opt.dataset, opt.model_t)
+    print_config(student_config(opt))
+    return {}
+
+
+def hold_folders(held: contextlib.ExitStack, trial_opts: list[argparse.Namespace],
+                 dist: DistContext) -> None:
+    """Claim every trial's folder (:func:`helper.run_folder.claimed`) and, on rank 0, tee what
+    is printed into each one's ``train.log``, for as long as ``held`` is open."""
+    for o in trial_opts:
+        held.enter_context(claimed(o.save_folder, o.tb_folder, o.resume, o.overwrite,
+                                   student_config(o), enabled=dist.is_main))
+    if dist.is_main:
+        held.enter_context(tee_to(*(os.path.join(o.save_folder, LOG_FILE) for o in trial_opts)))
+
+
+def loop_settings(opt: argparse.Namespace, desc: str) -> LoopSettings:
+    """How the loop runs for these options (progress interval, mixed precision, memory format)."""
+    return LoopSettings(print_freq=opt.print_freq, amp=opt.amp, channels_last=opt.channels_last, desc=desc)
+
+
+def headline(opt: argparse.Namespace, dist: DistContext, members: list[Member], stepping) -> str:
+    """The line that opens the training: what is distilled, where, and where it is saved."""
+    what = (f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
+            f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs")
+    if len(members) == 1:
+        processes = f" x {dist.world_size} processes" if dist.enabled else ""
+        return f"{what} on {dist.device}{processes}; saving to {members[0].run.save_folder}"
+    how = "stacked students" if isinstance(stepping, Stacked) else "one step per trial"
+    folders = ", ".join(m.run.save_folder for m in members)
+    return f"{what} on {dist.device}, {len(members)} trials in one process ({how}); saving to {folders}"
+
+
+def write_results(opt: argparse.Namespace, members: list[Member], teacher_acc: float,
+                  dist: DistContext, wall_time_s: float) -> None:
+    """Each finished trial's ``test_last_metrics.json`` (rank 0), with its provenance."""
+    if not dist.is_main:
+        return
     teacher = {"path": opt.path_t, "sha256": file_sha256(opt.path_t), "test_acc": teacher_acc}
-    for trial in trials:
-        if trial.last and not trial.failure and dist.is_main:
-            write_json_atomic(os.path.join(trial.opt.save_folder, METRICS_FILE),
-                              results_record(trial.opt, trial.last, teacher, time.time() - started))
-    raise_failures(trials)
-    return trials[0].last
+    for member in members:
+        if member.last and not member.failure:
+            write_json_atomic(os.path.join(member.run.save_folder, METRICS_FILE),
+                              results_record(member.opt, member.last, teacher, wall_time_s))
 
 
 def results_record(opt: argparse.Namespace, last: dict, teacher: dict, wall_time_s: float) -> dict:
@@ -217,26 +233,41 @@ def results_record(opt: argparse.Namespace, last: dict, teacher: dict, wall_time
 
 
 def prepare_trials(opt: argparse.Namespace, dist: DistContext, trial_opts: list | None = None,
-                   teacher_ckpt=None) -> tuple[list[Trial], object, float]:
-    """Teacher, data and every trial of the run (``trial_opts``, default
-    :func:`trial_options`), ready to train (the init stage of two-stage methods done); returns
-    ``(trials, test_loader, teacher test accuracy)``."""
+                   teacher_ckpt=None) -> tuple[list[Member], object, object, float]:
+    """Teacher, data, every trial of the run (``trial_opts``, default :func:`trial_options`;
+    the init stage of two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`);
+    returns ``(members, stepping, test_loader, teacher test accuracy)``."""
     set_seed(opt.seed)
     device = dist.device
     finalize_device(opt, device)
     opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder, opt.model_t,
                                         teacher_ckpt)
     train_loader, test_loader, n_data = loaders_for(opt, device, dist)
-    trial_opts = trial_opts or trial_options(opt, run_name_of)  # the first trial's data seed is opt's
+    trial_opts = trial_opts or trial_options(opt, run_name_of)
     train_loaders = [train_loader] + [train_loader.with_seed(data_seed(o.seed, o.trial))
                                       for o in trial_opts[1:]]
     teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
     print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
     if opt.channels_last:
         teacher.to(memory_format=torch.channels_last)
-    trials = [build_trial(o, teacher, loader, test_loader, n_data, dist)
-              for o, loader in zip(trial_opts, train_loaders)]
-    return trials, test_loader, teacher_acc
+    parts = [build_trial(o, teacher, loader, test_loader, n_data, dist)
+             for o, loader in zip(trial_opts, train_loaders)]
+    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, opt)
+    members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
+    if isinstance(stepping, Stacked):
+        stepping.scaler = make_grad_scaler(device, opt.amp)
+    return members, stepping, test_loader, teacher_acc
+
+
+def student_member(part: TrialParts, optimizer, dist: DistContext, n_trials: int) -> Member:
+    """The loop's member of one trial: its run (what is saved and restored), loader and label."""
+    opt = part.opt
+    run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=[part.student, part.method],
+              eval_model=part.student, optimizer=optimizer,
+              state_modules={"model": part.student, "method": part.method},
+              extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t})
+    label = f"trial {opt.trial} | " if n_trials > 1 else ""
+    return Member(opt, run, part.train_loader, label=label, scaler=make_grad_scaler(dist.device, opt.amp))
 
 
 def loaders_for(opt: argparse.Namespace, device: torch.device, dist: DistContext):
@@ -254,62 +285,50 @@ def loaders_for(opt: argparse.Namespace, device: torch.device, dist: DistContext
 
 
 def build_trial(opt: argparse.Namespace, teacher: torch.nn.Module, train_loader, test_loader,
-                n_data: int, dist: DistContext) -> Trial:
-    """Student, method, optimizer (after the init stage of two-stage methods), step and run of
-    one trial. Student and method are initialised from ``opt.seed`` alone, so a trial of
-    ``--trials`` starts where the separate run with its seed starts."""
+                n_data: int, dist: DistContext) -> TrialParts:
+    """Student, method (after the init stage of two-stage methods) and step of one trial.
+    Student and method are initialised from ``opt.seed`` alone, so a trial of ``--trials``
+    starts where the separate run with its seed starts."""
     device = dist.device
     set_seed(opt.seed)
     student = zoo_for(opt.dataset).build(opt.model_s, num_classes=num_classes(opt.dataset, opt.data_folder),
                                          blocktype=opt.blocktype)
-    student = place_model(student, opt, dist)
+    student = place_model(student, dist, sync_bn=opt.sync_bn, channels_last=opt.channels_last)
     probe = next(iter(test_loader))[0][:2].to(device).float()
     method = build_method_for(opt.distill, opt, student, teacher, probe, n_data)
     dist.enable_sync(method)
-
-    trainable = [student] + list(method.trainable_modules())
-    optimizer = make_optimizer((p for m in trainable for p in m.parameters()), opt)
     if not opt.resume and method.has_init_stage and opt.init_epochs > 0:
-        run_init_stage(opt, student, teacher, method, train_loader, device, dist)
+        run_init_stage(opt, student, teacher, method, train_loader, dist)
     set_trainable([method], method.trainable_modules())  # the rest of the method is idle now
     step = DistillStep(student, teacher, method, loss_weights(opt), compile=opt.compile,
                        device=device, dist=dist)
-    run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=[student, method],
-              eval_model=student, optimizer=optimizer, compute_loss=step,
-              state_modules={"model": student, "method": method},
-              extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t},
-              on_epoch_start=lambda epoch: setattr(step, "epoch", epoch))
-    return Trial(opt, run, step, train_loader)
+    return TrialParts(opt, student, method, step, train_loader)
 
 
-def run_init_stage(opt, student, teacher, method, train_loader, device,
-                   dist: DistContext | None = None) -> list[float]:
+def run_init_stage(opt: argparse.Namespace, student: torch.nn.Module, teacher: torch.nn.Module,
+                   method, train_loader, dist: DistContext) -> list[float]:
     """First stage of AB/FT/FSP: train the method's init modules with the student in eval mode
-    (the other parameters frozen meanwhile, so that DDP averages exactly the init modules').
-    Returns the mean init loss of each init epoch, which rank 0 also writes to TensorBoard
-    (``init_loss``, in the run's TensorBoard folder)."""
+    (the other parameters frozen meanwhile, so that DDP averages exactly the init modules'), in
+    the one loop (:func:`engine.fit.fit`) as a member of its own. Returns the mean init loss of
+    each init epoch, which rank 0 also writes to TensorBoard (``init_loss``, in the run's
+    TensorBoard folder)."""
     modules = list(method.init_modules(student))
     params = [p for m in modules for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=method.init_learning_rate(opt), momentum=opt.momentum,
-                                weight_decay=opt.weight_decay, foreach=True)
-    label = f"trial {opt.trial} | " if getattr(opt, "trials", 1) > 1 else ""
-    main_process = dist is None or dist.is_main
+    lr = method.init_learning_rate(opt.learning_rate, zoo_for(opt.dataset).facts(opt.model_s).low_init_lr)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                                foreach=True)
+    label = f"trial {opt.trial} | " if opt.trials > 1 else ""
     losses = []
     with trainable_only([student, method], modules), \
-            SummaryWriter(opt.tb_folder) if main_process else contextlib.nullcontext() as writer:
-        step = InitStep(student, teacher, method, dist=dist)
-        for epoch in range(1, opt.init_epochs + 1):
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
-            student.eval()  # the init modules (possibly parts of the student) are put in train mode
-            stats = train_epoch(modules, train_loader, optimizer, step, device, epoch,
-                                print_freq=opt.print_freq, desc=f"{opt.distill} init", dist=dist,
-                                label=f"{label}init ")
-            losses.append(stats["loss"])
-            print(f"{label}init epoch {epoch:3d}/{opt.init_epochs} | loss {stats['loss']:.4f}", flush=True)
-            if writer is not None:
-                writer.add_scalar("init_loss", stats["loss"], epoch)
-                writer.flush()
+            SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
+        run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=modules, eval_model=student,
+                  optimizer=optimizer, state_modules={})
+        member = Member(opt, run, train_loader, label=f"{label}init ", writer=writer)
+        policy = InitStageLog(lr, losses)
+        stepping = OwnSteps([InitStep(student, teacher, method, dist=dist)], eval_modules=(student,))
+        fit([member], stepping, policy, opt.init_epochs,
+            LoopSettings(print_freq=opt.print_freq, desc=f"{opt.distill} init"), dist)
+    raise_failures([member])
     return losses
 
 

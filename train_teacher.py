@@ -29,7 +29,10 @@ from engine.options import (add_data_flags, add_optimization_flags, add_run_flag
                             finalize_device, finalize_optimization, print_config, resolved_config)
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
-from engine.trainer import Run, make_optimizer, place_model, train_run
+from engine.fit import EvaluateAndSave, LoopSettings, Member, fit, raise_failures
+from engine.loops import make_grad_scaler
+from engine.stepping import OwnSteps
+from engine.trainer import Run, make_optimizer, place_model, report_members, start_members
 from helper.util import data_seed, set_seed
 from models import imagenet_model_dict, model_dict, zoo_for
 
@@ -60,16 +63,29 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Train the teacher in this process (one of several under torchrun); returns the last test
+    metrics. Its folder is claimed first and everything printed from then on (the error line
+    too) goes into its ``train.log``."""
     opt = parse_option(argv)
     if opt.print_config:
         print_config(teacher_config(opt))
         return {}
-    with distributed(opt.device, opt.dist_timeout) as dist:
-        with claimed(opt.save_folder, opt.tb_folder, opt.resume, opt.overwrite, teacher_config(opt),
-                     enabled=dist.is_main):
-            log = tee_to(os.path.join(opt.save_folder, LOG_FILE)) if dist.is_main else contextlib.nullcontext()
-            with log:  # everything printed, and the error line, also into train.log
-                return train(opt, dist)
+    with distributed(opt.device, opt.dist_timeout) as dist, contextlib.ExitStack() as held:
+        held.enter_context(claimed(opt.save_folder, opt.tb_folder, opt.resume, opt.overwrite,
+                                   teacher_config(opt), enabled=dist.is_main))
+        if dist.is_main:
+            held.enter_context(tee_to(os.path.join(opt.save_folder, LOG_FILE)))
+        member, stepping, test_loader = prepare(opt, dist)
+        start_members([member], opt.resume, dist, [teacher_config(opt)], held)
+        processes = f" x {dist.world_size} processes" if dist.enabled else ""
+        print(f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs on {dist.device}"
+              f"{processes}; saving to {opt.save_folder}")
+        settings = LoopSettings(print_freq=opt.print_freq, amp=opt.amp, channels_last=opt.channels_last,
+                                desc=opt.model)
+        fit([member], stepping, EvaluateAndSave(test_loader, dist, settings), opt.epochs, settings, dist)
+        report_members([member])
+        raise_failures([member])
+        return member.last
 
 
 def teacher_config(opt: argparse.Namespace) -> dict:
@@ -77,9 +93,8 @@ def teacher_config(opt: argparse.Namespace) -> dict:
     return resolved_config(opt, build_parser(), save_folder=opt.save_folder)
 
 
-def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
-    """Train the teacher in this process (one of several under torchrun); returns the last test
-    metrics."""
+def prepare(opt: argparse.Namespace, dist: DistContext) -> tuple[Member, OwnSteps, object]:
+    """Data, model, optimizer and loss of the teacher run: ``(member, stepping, test_loader)``."""
     set_seed(opt.seed)
     device = dist.device
     finalize_device(opt, device)
@@ -88,7 +103,7 @@ def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
         data_folder=opt.data_folder, loader=opt.loader, device=device, seed=data_seed(opt.seed, opt.trial),
         channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
     model = zoo_for(opt.dataset).build(opt.model, num_classes=num_classes(opt.dataset, opt.data_folder))
-    model = place_model(model, opt, dist)
+    model = place_model(model, dist, sync_bn=opt.sync_bn, channels_last=opt.channels_last)
     optimizer = make_optimizer(model.parameters(), opt)
     trained = dist.wrap(model)
 
@@ -97,17 +112,11 @@ def train(opt: argparse.Namespace, dist: DistContext) -> dict[str, float]:
         return F.cross_entropy(logits, target), logits
 
     step = compile_fn(forward_loss, device) if opt.compile else forward_loss
-
-    def compute_loss(batch):
-        return step(batch.images, batch.target)
-
     run = Run(name=opt.model, save_folder=opt.save_folder, train_modules=[model], eval_model=model,
-              optimizer=optimizer, compute_loss=compute_loss, state_modules={"model": model},
-              extra_state={"arch": opt.model}, save_freq=opt.save_freq)
-    last, _ = train_run(run, opt, train_loader, test_loader, dist,
-                        f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs", desc=opt.model,
-                        config=teacher_config(opt))
-    return last
+              optimizer=optimizer, state_modules={"model": model}, extra_state={"arch": opt.model},
+              save_freq=opt.save_freq)
+    member = Member(opt, run, train_loader, scaler=make_grad_scaler(device, opt.amp))
+    return member, OwnSteps([lambda batch, epoch: step(batch.images, batch.target)]), test_loader
 
 
 if __name__ == "__main__":

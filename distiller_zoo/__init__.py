@@ -8,7 +8,7 @@ return a list with one value per pair, the others a scalar tensor.
 from .ab import ABLoss
 from .at import Attention
 from .cc import Correlation
-from .crd import AliasSampler, ContrastLoss, ContrastMemory, CRDLoss
+from .crd import AliasSampler, ContrastLoss, ContrastMemory, CRDConfig, CRDLoss
 from .dkd import DKDLoss
 from .fitnet import HintLoss
 from .fsp import FSP
@@ -27,7 +27,7 @@ from .methods import Distiller, build_method, get_method, method_names, register
 
 __all__ = [
     "get_method",
-    "ABLoss", "Attention", "Correlation", "CRDLoss", "ContrastLoss", "ContrastMemory",
+    "ABLoss", "Attention", "Correlation", "CRDConfig", "CRDLoss", "ContrastLoss", "ContrastMemory",
     "AliasSampler", "DKDLoss", "HintLoss", "FSP", "FactorTransfer", "DistillKL",
     "standardize_logits", "KDSVD", "NSTLoss", "PKT", "RKDLoss", "Similarity", "VIDLoss",
     "SRRL", "SRRLLoss", "SemCKDLoss", "SelfA", "Proj", "MLPEmbed",

@@ -1,13 +1,15 @@
 """Contrastive representation distillation (Tian, Krishnan & Isola, ICLR 2020).
 
-``CRDLoss(opt)`` embeds the student and teacher penultimate features (``embed_s`` / ``embed_t``,
-trained with the student), scores each positive and ``nce_k`` negatives drawn from a momentum
-memory bank (``ContrastMemory``) and applies the NCE-style ``ContrastLoss`` in both directions
-(teacher as anchor and student as anchor), as in the CRD code.
+``CRDLoss(opt)`` (``opt``: a :class:`CRDConfig`, or any object with its attributes) embeds the
+student and teacher penultimate features (``embed_s`` / ``embed_t``, trained with the student),
+scores each positive and ``nce_k`` negatives drawn from a momentum memory bank
+(``ContrastMemory``) and applies the NCE-style ``ContrastLoss`` in both directions (teacher as
+anchor and student as anchor), as in the CRD code.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -193,9 +195,25 @@ class ContrastLoss(nn.Module):
         return -(log_d1.sum() + log_d0.sum()) / bsz
 
 
+@dataclass(frozen=True)
+class CRDConfig:
+    """What a :class:`CRDLoss` is built from: the pooled feature sizes ``s_dim`` / ``t_dim``,
+    the training-set size ``n_data``, the embedding size ``feat_dim``, and ``nce_k`` negatives,
+    temperature ``nce_t`` and memory momentum ``nce_m`` (the CRD code's option names)."""
+
+    s_dim: int
+    t_dim: int
+    n_data: int
+    feat_dim: int
+    nce_k: int
+    nce_t: float
+    nce_m: float
+
+
 class CRDLoss(nn.Module):
-    """CRD loss; ``opt`` carries ``s_dim``, ``t_dim``, ``feat_dim``, ``nce_k``, ``nce_t``,
-    ``nce_m`` and ``n_data`` (the memory bank holds ``n_data x feat_dim`` per side)."""
+    """CRD loss; ``opt`` (a :class:`CRDConfig`, or the CRD code's options object) carries
+    ``s_dim``, ``t_dim``, ``feat_dim``, ``nce_k``, ``nce_t``, ``nce_m`` and ``n_data`` (the
+    memory bank holds ``n_data x feat_dim`` per side)."""
 
     def __init__(self, opt) -> None:
         super().__init__()

@@ -158,7 +158,6 @@ class DistillStep:
                  device: torch.device | None = None, dist: DistContext | None = None) -> None:
         self.teacher = teacher
         self.method = method
-        self.epoch = 1
         self.compiled = compile
         self.loss = StudentLoss(student, method, weights, with_terms=True)
         trained: nn.Module = self.loss
@@ -185,14 +184,14 @@ class DistillStep:
         # inference tensors cannot be saved for backward: hand the loss plain copies
         return (None if feat_t is None else [f.clone() for f in feat_t]), logit_t.clone()
 
-    def student_loss(self, batch: Batch, feat_t, logit_t: torch.Tensor) -> StepOutput:
-        """The trained part of the step, given the teacher's outputs for ``batch``."""
+    def student_loss(self, batch: Batch, feat_t, logit_t: torch.Tensor, epoch: int) -> StepOutput:
+        """The trained part of the step at ``epoch``, given the teacher's outputs for ``batch``."""
         loss, logits, terms = self._student_loss(batch.images, feat_t, logit_t, batch.target,
-                                                 self.epoch, batch.index, batch.contrast_idx)
+                                                 epoch, batch.index, batch.contrast_idx)
         return StepOutput(loss, logits, terms)
 
-    def __call__(self, batch: Batch):
-        return self.student_loss(batch, *self.teacher_outputs(batch.images))
+    def __call__(self, batch: Batch, epoch: int) -> StepOutput:
+        return self.student_loss(batch, *self.teacher_outputs(batch.images), epoch)
 
 
 class InitLoss(nn.Module):
@@ -224,7 +223,8 @@ class InitStep:
         self.loss = InitLoss(student, method)
         self._loss = self.loss if dist is None else dist.wrap(self.loss)
 
-    def __call__(self, batch: Batch):
+    def __call__(self, batch: Batch, epoch: int):
+        """The init-stage loss of ``batch`` (the same objective at every ``epoch``)."""
         with torch.no_grad():
             feat_t, _ = self.teacher(batch.images, is_feat=True, preact=self.method.needs_preact)
         return self._loss(batch.images, [f.detach() for f in feat_t])

@@ -1,10 +1,10 @@
-"""Training and evaluation loops.
+"""The pieces of the training loop (:mod:`engine.fit`) and evaluation: batches, mixed
+precision, one optimizer step, device-side meters, the progress bar and lines, and
+:func:`validate`.
 
-One epoch loop serves teachers and students: it takes a ``compute_loss`` callable, so it never
-needs to know which distillation method runs. Losses, accuracies and the method's named loss
-terms accumulate on the device and are read once per print interval (no host sync inside a
-step): shown in the tqdm bar on a terminal, printed as a line otherwise
-(:mod:`helper.logging_utils`).
+Losses, accuracies and the method's named loss terms accumulate on the device and are read
+once per print interval (no host sync inside a step): shown in the tqdm bar on a terminal,
+printed as a line otherwise (:mod:`helper.logging_utils`).
 """
 from __future__ import annotations
 
@@ -77,11 +77,6 @@ class StepOutput(tuple):
         out = super().__new__(cls, (loss, logits))
         out.terms = dict(terms or {})
         return out
-
-
-def step_terms(output) -> dict[str, torch.Tensor]:
-    """The named terms of a step's output (none for a plain ``(loss, logits)``)."""
-    return getattr(output, "terms", None) or {}
 
 
 class DeviceMeter:
@@ -184,50 +179,6 @@ class ProgressPrinter:
                                           meter.stats(totals), self.label), flush=True)
 
 
-def train_epoch(train_modules: Iterable[torch.nn.Module], loader: Iterable,
-                optimizer: torch.optim.Optimizer,
-                compute_loss: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
-                device: torch.device, epoch: int, print_freq: int = 100, amp: bool = False,
-                scaler: "torch.amp.GradScaler | None" = None, channels_last: bool = False,
-                desc: str = "train", dist: DistContext | None = None,
-                terminal: bool | None = None, label: str = "") -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, top-1/top-5 accuracy (percent) and the
-    mean of each named loss term the step returns (``loss_<name>``, see :class:`StepOutput`).
-
-    ``train_modules`` are put in train mode (everything else keeps its mode: the teacher stays
-    in eval). ``compute_loss(batch)`` returns ``(loss, logits)``. Every ``print_freq`` steps
-    the device sums are read (the only host sync of the loop): on a terminal (``terminal``;
-    None: stdout's) the tqdm bar shows them, otherwise a progress line is printed (prefixed by
-    ``label``); the loss is checked for NaN/inf then and at the end: a non-finite loss raises
-    :class:`NonFiniteLossError` before anything is saved.
-
-    With ``dist`` (several processes, each reading its shard) the statistics, and so the
-    NaN/inf check, are over all processes: every process stops at the same step; rank 0 alone
-    shows the bar or prints.
-    """
-    for module in train_modules:
-        module.train()
-    meter = DeviceMeter(device)
-    bar_on = shows_bar(dist, terminal)
-    lines = (dist is None or dist.is_main) and not bar_on
-    bar = progress_bar(loader, f"{desc} epoch {epoch}", bar_on)
-    printer = ProgressPrinter(epoch, loader_length(loader), label)
-    step = 0
-    for step, data in enumerate(bar, 1):
-        batch = to_batch(data, device, channels_last)
-        output = optimize(lambda: compute_loss(batch), optimizer, scaler, device, amp)
-        loss, logits = output
-        meter.update(loss, logits.float(), batch.target, step_terms(output))
-        if print_freq and step % print_freq == 0:
-            totals = meter.totals(dist)
-            stats = check_finite(meter.stats(totals), epoch, step)
-            if lines:
-                printer.print(meter, totals, step)
-            else:
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['acc']:.2f}")
-    return checked(meter, epoch, step, dist)
-
-
 def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
              optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler | None",
              device: torch.device, amp: bool):
@@ -258,12 +209,6 @@ def check_finite(stats: dict[str, float], epoch: int, step: int) -> dict[str, fl
             f"training loss became {stats['loss']} at epoch {epoch} (by step {step}); the run stopped "
             f"and the last good checkpoint was left intact — lower --learning_rate or check the loss weights")
     return stats
-
-
-def checked(meter: DeviceMeter, epoch: int, step: int,
-            dist: DistContext | None = None) -> dict[str, float]:
-    """The meter's statistics (over all processes with ``dist``), checked for NaN/inf."""
-    return check_finite(meter.read(dist), epoch, step)
 
 
 @torch.no_grad()

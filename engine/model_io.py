@@ -6,14 +6,16 @@ import torch
 from helper.checkpoint import (describe_mismatch, extract_state_dict, load_checkpoint, load_weights,
                                num_classes_from_state_dict)
 from models import CIFAR_ZOO, ModelZoo
+from models.rep_blocks import state_dict_forms
 
 
 def _form_hint(model_is_deploy: bool, state: dict[str, torch.Tensor]) -> str:
-    fused_keys = any(".tdb_reparam." in k or k.startswith("tdb_reparam.") for k in state)
-    branch_keys = any(".duplicate1." in k or ".rbr_" in k or ".ver_conv." in k for k in state)
-    if not model_is_deploy and fused_keys:
+    """A hint when ``state`` holds the other form (train/deploy) of the registered blocks than
+    the model built, as the block classes tell by their state-dict key markers."""
+    forms = state_dict_forms(state)
+    if not model_is_deploy and "deploy" in forms:
         return " (the file holds deploy-form weights: pass --deploy_flag True)"
-    if model_is_deploy and branch_keys:
+    if model_is_deploy and "train" in forms:
         return " (the file holds train-form weights: pass --deploy_flag False, or convert it with convert.py)"
     return ""
 

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import torch
 
@@ -23,8 +23,6 @@ from helper.util import parse_decay_epochs
 from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO, zoo_for
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
-#: Architectures the CRD code trains with a learning rate of 0.01 instead of 0.05.
-LOW_LR_MODELS = {"MobileNetV2", "ShuffleV1", "ShuffleV2", "repmobilenetv2", "repshufflev1"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ def finalize_device(opt: argparse.Namespace, device) -> argparse.Namespace:
     """Memory format: channels_last unless ``--no_channels_last``. On CUDA that is the usual
     choice; on a 2-core CPU it also measured faster (resnet110 forward at batch 64: 0.72 s NCHW
     vs 0.45 s; represnet20 training step: 1.04 s vs 0.67 s with separate branches)."""
-    opt.channels_last = device.type in ("cuda", "cpu") and not getattr(opt, "no_channels_last", False)
+    opt.channels_last = device.type in ("cuda", "cpu") and not opt.no_channels_last
     return opt
 
 
@@ -139,8 +137,9 @@ def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: 
     per-architecture learning rate and the loader kind, and parse the decay epochs.
 
     The learning rate left out is, on the CIFAR-style schedules, ``default_lr`` when given (a
-    method's published recipe: kdrefine's 0.01), else RepDistiller's rule (0.05; 0.01 for
-    :data:`LOW_LR_MODELS`); on ImageNet, the linear rule of its schedule.
+    method's published recipe: kdrefine's 0.01), else RepDistiller's rule (0.05; 0.01 for the
+    models registered in the low learning-rate group, :class:`models.registry.ModelFacts`); on
+    ImageNet, the linear rule of its schedule.
 
     ``opt.base_learning_rate`` is the learning rate of one process (the run names show it);
     ``opt.learning_rate``, the one trained with, is ``world_size`` times it (linear scaling
@@ -151,7 +150,7 @@ def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: 
     schedule = SCHEDULES.get(getattr(opt, "dataset", "cifar100"), CIFAR_SCHEDULE)
     defaulted = set()
     for key in ("epochs", "batch_size", "lr_decay_epochs", "weight_decay"):
-        if getattr(opt, key, None) is None:
+        if getattr(opt, key) is None:
             setattr(opt, key, getattr(schedule, key))
             defaulted.add(key)
     # which flags the schedule filled, for check_flag_values (a frozenset: not part of the
@@ -164,13 +163,13 @@ def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: 
         elif default_lr is not None:
             opt.learning_rate = default_lr
         else:
-            opt.learning_rate = 0.01 if model_name in LOW_LR_MODELS else 0.05
+            opt.learning_rate = zoo_for(opt.dataset).facts(model_name).default_lr
     opt.base_learning_rate = opt.learning_rate
     opt.world_size = world_size
-    if not getattr(opt, "no_lr_scale", False):
+    if not opt.no_lr_scale:
         opt.learning_rate = opt.base_learning_rate * world_size
     opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
-    if hasattr(opt, "loader") and opt.loader is None:
+    if opt.loader is None:
         opt.loader = default_loader(opt.dataset)
     return opt
 
@@ -187,8 +186,8 @@ def resolved_config(opt: argparse.Namespace, parser: argparse.ArgumentParser,
     torchrun the run trains with it times the number of processes unless ``--no_lr_scale``)."""
     config = {}
     for name in option_names(parser):
-        value = getattr(opt, name, None)
-        if name == "learning_rate" and hasattr(opt, "base_learning_rate"):
+        value = getattr(opt, name)
+        if name == "learning_rate":
             value = opt.base_learning_rate
         config[name] = list(value) if isinstance(value, tuple) else value
     config.update(extra)
@@ -276,27 +275,28 @@ def check_flag_values(opt: argparse.Namespace) -> None:
     run) is no error: those decays just never happen; decay epochs given explicitly must lie
     within 1..``--epochs``. Flags ``opt`` lacks are skipped, so every entry script can call it.
     """
+    values = vars(opt)  # the flags this script defines (and what parsing derived from them)
     for dest, rule in FLAG_RANGES.items():
-        value = getattr(opt, dest, None)
+        value = values.get(dest)
         if dest == "learning_rate":
-            value = getattr(opt, "base_learning_rate", value)  # as given, before torchrun scaling
+            value = values.get("base_learning_rate", value)  # as given, before torchrun scaling
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
             raise UserError(f"{flag_name(dest)} {_shown(value)}: not a finite number; it {rule.allowed}")
         if not rule.admits(value):
             raise UserError(f"{flag_name(dest)} {_shown(value)}: {rule.allowed}")
-    _check_seed(opt)
-    _check_device(opt)
-    _check_decay_epochs(opt)
-    _check_student_blocktype(opt)
+    _check_seed(values)
+    _check_device(values)
+    _check_decay_epochs(values)
+    _check_student_blocktype(values)
 
 
-def _check_seed(opt: argparse.Namespace) -> None:
-    seed = getattr(opt, "seed", None)
+def _check_seed(values: Mapping[str, Any]) -> None:
+    seed = values.get("seed")
     if seed is None:
         return
-    trials = getattr(opt, "trials", 1) or 1
+    trials = values.get("trials") or 1
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed {seed}: must lie within 0..{MAX_SEED} (NumPy's seeds)")
     if seed + trials - 1 > MAX_SEED:
@@ -304,8 +304,8 @@ def _check_seed(opt: argparse.Namespace) -> None:
                         f"{seed + trials - 1}; they must lie within 0..{MAX_SEED}")
 
 
-def _check_device(opt: argparse.Namespace) -> None:
-    device = getattr(opt, "device", None)
+def _check_device(values: Mapping[str, Any]) -> None:
+    device = values.get("device")
     if device is None:
         return
     if not isinstance(device, str) or not _DEVICE.match(device):
@@ -317,10 +317,9 @@ def _check_device(opt: argparse.Namespace) -> None:
                             f"cuda:0..cuda:{count - 1}")
 
 
-def _check_decay_epochs(opt: argparse.Namespace) -> None:
-    decay = getattr(opt, "lr_decay_epochs", None)
-    epochs = getattr(opt, "epochs", None)
-    if decay is None or epochs is None or "lr_decay_epochs" in getattr(opt, "schedule_defaults", ()):
+def _check_decay_epochs(values: Mapping[str, Any]) -> None:
+    decay, epochs = values.get("lr_decay_epochs"), values.get("epochs")
+    if decay is None or epochs is None or "lr_decay_epochs" in values.get("schedule_defaults", ()):
         return
     milestones = parse_decay_epochs(decay)
     outside = [m for m in milestones if not 1 <= m <= epochs]
@@ -330,11 +329,11 @@ def _check_decay_epochs(opt: argparse.Namespace) -> None:
                         f"(--epochs {epochs}); {outside[0]} does not")
 
 
-def _check_student_blocktype(opt: argparse.Namespace) -> None:
-    student, blocktype = getattr(opt, "model_s", None), getattr(opt, "blocktype", None)
+def _check_student_blocktype(values: Mapping[str, Any]) -> None:
+    student, blocktype = values.get("model_s"), values.get("blocktype")
     if student is None or blocktype is None:
         return
-    zoo = zoo_for(getattr(opt, "dataset", "cifar100"))
+    zoo = zoo_for(values.get("dataset") or "cifar100")
     if blocktype != DEFAULT_BLOCKTYPE and student in zoo.models and not zoo.is_rep(student):
         rep = ", ".join(sorted(name for name in zoo.models if zoo.is_rep(name)))
         raise UserError(f"-t/--blocktype {blocktype}: --model_s {student} is not re-parameterizable and "

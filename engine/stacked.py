@@ -103,18 +103,17 @@ class StackedStep:
         self.teacher_step = teacher_step  # a DistillStep: its teacher_outputs
         self.method = method
         self.weights = dict(weights)
-        self.epoch = 1
 
-    def _one(self, params, buffers, images, feat_t, logit_t, target):
+    def _one(self, params, buffers, images, feat_t, logit_t, target, epoch):
         if self.method.needs_feats:
             feat_s, logit_s = self.stacked.functional(params, buffers, images, is_feat=True,
                                                       preact=self.method.needs_preact)
         else:
             feat_s, logit_s = None, self.stacked.functional(params, buffers, images)
-        terms = self.method(feat_s, logit_s, feat_t, logit_t, target, self.epoch)
+        terms = self.method(feat_s, logit_s, feat_t, logit_t, target, epoch)
         return weighted_sum(terms, self.weights), logit_s, detached(terms)
 
-    def __call__(self, batches: list[Batch]) -> StepOutput:
+    def __call__(self, batches: list[Batch], epoch: int) -> StepOutput:
         n, b = len(batches), batches[0].images.size(0)
         images = torch.stack([x.images for x in batches])
         target = torch.stack([x.target for x in batches])
@@ -123,11 +122,11 @@ class StackedStep:
         if feat_t is not None:
             feat_t = [f.unflatten(0, (n, b)) for f in feat_t]
         params = dict(zip(self.stacked.names, self.stacked.stacked_params))
-        in_dims = (0, 0, 0, None if feat_t is None else 0, 0, 0)
+        in_dims = (0, 0, 0, None if feat_t is None else 0, 0, 0, None)
         with warnings.catch_warnings():  # kl_div has no batching rule: vmap loops over it, and says so
             warnings.filterwarnings("ignore", message="There is a performance drop")
             losses, logits, terms = vmap(self._one, in_dims=in_dims, randomness="different")(
-                params, self.stacked.stacked_buffers(), images, feat_t, logit_t, target)
+                params, self.stacked.stacked_buffers(), images, feat_t, logit_t, target, epoch)
         return StepOutput(losses, logits, terms)
 
 

@@ -1,23 +1,22 @@
-"""The epoch loop shared by ``train_teacher.py`` and ``train_student.py``.
+"""What a training run is made of, around the loop of :mod:`engine.fit`: the optimizer, the
+model's placement, the :class:`Run` (modules, optimizer, save folder), resuming it and
+writing its checkpoints.
 
-Each epoch: set the learning rate, train, evaluate, log (one summary line, TensorBoard scalars),
-then save atomically — ``<name>_best.pth`` on a new best, ``ckpt_epoch_<N>.pth`` every
+After each epoch ``<name>_best.pth`` is written on a new best, ``ckpt_epoch_<N>.pth`` every
 ``save_freq`` epochs and at the final epoch when asked, and always ``<name>_last.pth``, which is
 what ``--resume`` continues from (weights, optimizer, epoch, best accuracy and RNG states).
+All are written atomically.
 
-Under torchrun (a multi-process :class:`~helper.distributed.DistContext`) every process trains
-on its shard; statistics are summed over processes, rank 0's buffers are copied to all before
-evaluating (so every process evaluates, and rank 0 saves, the same model), and rank 0 alone
-writes checkpoints and TensorBoard scalars. The state dicts saved are those of the unwrapped
+Under torchrun (a multi-process :class:`~helper.distributed.DistContext`) rank 0 alone writes
+checkpoints and TensorBoard scalars. The state dicts saved are those of the unwrapped
 modules, so checkpoints do not depend on the number of processes and ``--resume`` may change it.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -27,8 +26,6 @@ from helper.checkpoint import describe_mismatch, load_checkpoint, rng_state, sav
 from helper.distributed import DistContext
 from helper.errors import UserError
 from helper.logging_utils import add_config_text
-from engine.loops import Batch, make_grad_scaler, train_epoch, validate
-from helper.util import adjust_learning_rate
 from models import set_fused
 
 
@@ -42,22 +39,23 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], opt) -> torch.optim.SGD
                            weight_decay=opt.weight_decay, **kernel)
 
 
-def place_model(model: nn.Module, opt, dist: DistContext) -> nn.Module:
-    """``model`` on this process's device (channels_last when ``opt.channels_last``) and, with
-    ``opt.sync_bn`` in a multi-process run, with its BatchNorm layers turned into
-    ``SyncBatchNorm`` (same parameters and state-dict keys; statistics over the global batch).
+def place_model(model: nn.Module, dist: DistContext, sync_bn: bool = False,
+                channels_last: bool = False) -> nn.Module:
+    """``model`` on this process's device (channels_last when asked) and, with ``sync_bn`` in
+    a multi-process run, with its BatchNorm layers turned into ``SyncBatchNorm`` (same
+    parameters and state-dict keys; statistics over the global batch).
 
     Re-parameterizable blocks then train with separate branches (``set_fused(model, False)``):
     their fused training path normalises all branches in one ``F.batch_norm`` call, which would
     bypass the synchronised layers.
     """
-    if getattr(opt, "sync_bn", False) and dist.enabled:
+    if sync_bn and dist.enabled:
         if dist.device.type != "cuda":
             raise UserError("--sync_bn needs CUDA devices (SyncBatchNorm runs over NCCL); "
                             "leave it out for CPU runs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(set_fused(model, False))
     model = model.to(dist.device)
-    if getattr(opt, "channels_last", False):
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
 
@@ -77,11 +75,9 @@ class Run:
     train_modules: list[nn.Module]  # put in train mode each epoch
     eval_model: nn.Module           # evaluated on the test split
     optimizer: torch.optim.Optimizer
-    compute_loss: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
     state_modules: dict[str, nn.Module]  # saved and restored (e.g. 'model', 'method')
     extra_state: dict[str, Any] = field(default_factory=dict)
     save_freq: int = 0              # 0: no ckpt_epoch_<N>.pth files
-    on_epoch_start: Callable[[int], None] | None = None
 
     @property
     def last_path(self) -> str:
@@ -125,65 +121,6 @@ def resume(run: Run, path: str) -> Progress:
     return Progress(start_epoch=int(ckpt["epoch"]) + 1, best_acc=float(ckpt.get("best_acc", 0.0)))
 
 
-def fit(run: Run, opt, train_loader, test_loader, device: torch.device, writer=None,
-        progress: Progress | None = None, desc: str = "train",
-        dist: DistContext | None = None) -> dict[str, float]:
-    """Train from ``progress.start_epoch`` to ``opt.epochs``; returns the last test metrics
-    (over the whole test split, also when ``dist`` spreads it over processes)."""
-    progress = progress or Progress()
-    dist = dist or DistContext(device)
-    amp = getattr(opt, "amp", False)
-    scaler = make_grad_scaler(device, amp)
-    last: dict[str, float] = {}
-    for epoch in range(progress.start_epoch, opt.epochs + 1):
-        lr = start_epoch(run, opt, train_loader, epoch)
-        start = time.time()
-        train = train_epoch(run.train_modules, train_loader, run.optimizer, run.compute_loss, device,
-                            epoch, print_freq=opt.print_freq, amp=amp, scaler=scaler,
-                            channels_last=getattr(opt, "channels_last", False), desc=desc,
-                            dist=dist)
-        last = end_epoch(run, opt, epoch, lr, train, time.time() - start, test_loader, progress,
-                         writer, dist)
-    return last
-
-
-def start_epoch(run: Run, opt, train_loader, epoch: int) -> float:
-    """Set the epoch's learning rate (returned) and tell the loader and the run which epoch starts."""
-    lr = adjust_learning_rate(epoch, opt, run.optimizer)
-    if hasattr(train_loader, "set_epoch"):
-        train_loader.set_epoch(epoch)
-    if run.on_epoch_start:
-        run.on_epoch_start(epoch)
-    return lr
-
-
-def end_epoch(run: Run, opt, epoch: int, lr: float, train: dict[str, float], seconds: float,
-              test_loader, progress: Progress, writer, dist: DistContext, label: str = "") -> dict[str, float]:
-    """After training epoch ``epoch``: evaluate, print the summary line (prefixed by ``label``),
-    log TensorBoard scalars (``train_loss``, ``train_acc``, ``train_loss_<term>`` for each named
-    loss term of ``train``, ``test_loss``, ``test_acc``, ``test_acc_top5``, ``lr``), save the
-    checkpoints; returns the test metrics."""
-    dist.broadcast_buffers(*run.state_modules.values())
-    test = validate(run.eval_model, test_loader, dist.device, amp=getattr(opt, "amp", False),
-                    channels_last=getattr(opt, "channels_last", False), dist=dist)
-    is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
-    progress.best_acc = max(progress.best_acc, test["acc"])
-    print(f"{label}epoch {epoch:3d}/{opt.epochs} lr {lr:.4g} | train loss {train['loss']:.4f} "
-          f"acc {train['acc']:.2f} | test loss {test['loss']:.4f} acc {test['acc']:.2f} "
-          f"top5 {test['acc_top5']:.2f} | best {progress.best_acc:.2f} | {seconds:.1f}s", flush=True)
-    if writer is not None:
-        terms = [(f"train_{key}", value) for key, value in train.items() if key.startswith("loss_")]
-        for key, value in (("train_loss", train["loss"]), ("train_acc", train["acc"]), *terms,
-                           ("test_loss", test["loss"]), ("test_acc", test["acc"]),
-                           ("test_acc_top5", test["acc_top5"]), ("lr", lr)):
-            writer.add_scalar(key, value, epoch)
-        writer.flush()
-    if dist.is_main:
-        save_epoch(run, opt, epoch, test["acc"], progress.best_acc, is_best)
-    return {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
-            "epoch": epoch}
-
-
 def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_best: bool) -> None:
     """Write the epoch's checkpoints: best, periodic and last (see the module doc)."""
     state = {key: module.state_dict() for key, module in run.state_modules.items()}
@@ -196,33 +133,26 @@ def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_b
     save_checkpoint({**state, "rng_state": rng_state()}, run.last_path)
 
 
-def train_run(run: Run, opt, train_loader, test_loader, dist, headline: str,
-              desc: str = "train", config: dict | None = None) -> tuple[dict[str, float], Progress]:
-    """What both entry scripts do once their run is built and its folder held
-    (:func:`helper.run_folder.claimed`): resume if ``--resume``, open the TensorBoard writer
-    (rank 0), print ``headline``, :func:`fit`, print the best accuracy; ``config`` (the
-    resolved configuration) is written to TensorBoard as the ``config`` text. (The entry script
-    tees what is printed into ``train.log``: :func:`helper.logging_utils.tee_to`.)"""
-    progress = Progress()
-    if opt.resume:
-        progress = resume(run, run.last_path if opt.resume == "auto" else opt.resume)
-    with SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
-        add_config_text(writer, config)
-        processes = f" x {dist.world_size} processes" if dist.enabled else ""
-        print(f"{headline} on {dist.device}{processes}; saving to {opt.save_folder}")
-        last = fit(run, opt, train_loader, test_loader, dist.device, writer, progress, desc=desc, dist=dist)
-        if not last:  # resumed after its final epoch was saved: evaluate what was saved
-            last = evaluate_saved(run, opt, test_loader, dist, progress.start_epoch - 1)
-        print(f"best accuracy: {progress.best_acc:.2f}")
-    return last, progress
+def start_members(members: list, resume_flag: str | None, dist: DistContext,
+                  configs: list[dict], held: contextlib.ExitStack) -> None:
+    """Before the first epoch: resume each member (``--resume``: from ``resume_flag``, a path,
+    for a single member, else from its own ``<name>_last.pth``), and on rank 0 open its
+    TensorBoard writer (held open by ``held``) with its resolved configuration (``configs``)
+    as the ``config`` text."""
+    for member, config in zip(members, configs):
+        if resume_flag:
+            path = resume_flag if resume_flag != "auto" else member.run.last_path
+            member.progress = resume(member.run, path)
+        if dist.is_main:
+            os.makedirs(member.run.save_folder, exist_ok=True)
+            member.writer = held.enter_context(SummaryWriter(member.opt.tb_folder))
+            add_config_text(member.writer, config)
 
 
-def evaluate_saved(run: Run, opt, test_loader, dist: DistContext, epoch: int) -> dict[str, float]:
-    """The test metrics of the model as it stands after ``epoch`` (a run resumed with no epoch
-    left to train still reports, so that its metrics file is written)."""
-    test = validate(run.eval_model, test_loader, dist.device, amp=getattr(opt, "amp", False),
-                    channels_last=getattr(opt, "channels_last", False), dist=dist)
-    print(f"nothing left to train: epoch {epoch} of {opt.epochs} is saved; its test accuracy "
-          f"{test['acc']:.2f}")
-    return {"test_acc": test["acc"], "test_acc_top5": test["acc_top5"], "test_loss": test["loss"],
-            "epoch": epoch}
+def report_members(members: list) -> None:
+    """After the last epoch: each member's best accuracy, or that it stopped."""
+    for member in members:
+        if member.failure:
+            print(f"{member.label}stopped: its loss became NaN/inf (last good checkpoint kept)")
+        else:
+            print(f"{member.label}best accuracy: {member.progress.best_acc:.2f}")

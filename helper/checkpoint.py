@@ -519,7 +519,7 @@ def recorded_architecture(checkpoint: Any) -> str | None:
     opt = checkpoint.get("opt")
     if isinstance(opt, argparse.Namespace):
         for key in ("model_s", "model", "arch"):
-            value = getattr(opt, key, None)
+            value = vars(opt).get(key)
             if isinstance(value, str) and value:
                 return value
     return None
@@ -553,7 +553,7 @@ def recorded_model(checkpoint: Any) -> tuple[str | None, str | None]:
         if blocktype is None and isinstance(config, Mapping):
             blocktype = config.get("blocktype")
         if blocktype is None and isinstance(opt, argparse.Namespace):
-            blocktype = getattr(opt, "blocktype", None)
+            blocktype = vars(opt).get("blocktype")
 
     def name(value: Any) -> str | None:
         return value if isinstance(value, str) and _RECORD_NAME.match(value) else None

@@ -110,7 +110,7 @@ class ShuffleNet(nn.Module):
                                [f0, f1_pre, f2_pre, f3_pre, f4], logits)
 
 
-@register_model("ShuffleV1")
+@register_model("ShuffleV1", lr_group="low")
 def ShuffleV1(num_classes: int = 100, **kwargs) -> ShuffleNet:
     return ShuffleNet(out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups=3,
                       num_classes=num_classes, **kwargs)

@@ -143,6 +143,6 @@ class ShuffleNetV2(nn.Module):
                                [f0, f1_pre, f2_pre, f3_pre, f4], logits)
 
 
-@register_model("ShuffleV2")
+@register_model("ShuffleV2", lr_group="low")
 def ShuffleV2(num_classes: int = 100, **kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(net_size=1, num_classes=num_classes, **kwargs)

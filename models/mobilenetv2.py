@@ -132,7 +132,7 @@ def mobilenetv2_T_w(T: int, W: float, num_classes: int = 100, **kwargs) -> Mobil
     return MobileNetV2(expand_ratio=T, width_mult=W, num_classes=num_classes, **kwargs)
 
 
-@register_model("MobileNetV2")
+@register_model("MobileNetV2", lr_group="low")
 def mobile_half(num_classes: int = 100, **kwargs) -> MobileNetV2:
     """MobileNetV2 at width 0.5, expansion 6."""
     return mobilenetv2_T_w(6, 0.5, num_classes=num_classes, **kwargs)

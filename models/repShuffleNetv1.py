@@ -110,7 +110,7 @@ class RepShuffleNet(nn.Module):
                                [f0, f1_pre, f2_pre, f3_pre, f4], logits)
 
 
-@register_model("repshufflev1", rep=True)
+@register_model("repshufflev1", rep=True, lr_group="low")
 def repshufflev1(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
                  fused: bool | str = "auto") -> RepShuffleNet:
     cfg = {"out_planes": [240, 480, 960], "num_blocks": [4, 8, 4], "groups": 3}

@@ -125,7 +125,7 @@ class RepMobileNetV2(nn.Module):
         return out
 
 
-@register_model("repmobilenetv2", rep=True)
+@register_model("repmobilenetv2", rep=True, lr_group="low")
 def repmobilenetv2(num_classes: int = 100, blocktype: str = DEFAULT_BLOCKTYPE,
                    deploy: bool = False, fused: bool | str = "auto") -> RepMobileNetV2:
     """MobileNetV2 with expansion 6 and width 0.5 (the CRD benchmark's ``MobileNetV2``)."""

@@ -182,46 +182,46 @@ _THIN = (16, 16, 32, 64)
 _WIDE = (32, 64, 128, 256)
 
 
-@register_model("resnet8")
+@register_model("resnet8", low_init_lr=True)
 def resnet8(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(8, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet14")
+@register_model("resnet14", low_init_lr=True)
 def resnet14(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(14, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet20")
+@register_model("resnet20", low_init_lr=True)
 def resnet20(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(20, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet32")
+@register_model("resnet32", low_init_lr=True)
 def resnet32(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(32, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet44")
+@register_model("resnet44", low_init_lr=True)
 def resnet44(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(44, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet56")
+@register_model("resnet56", low_init_lr=True)
 def resnet56(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(56, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet110")
+@register_model("resnet110", low_init_lr=True)
 def resnet110(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(110, _THIN, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet8x4")
+@register_model("resnet8x4", low_init_lr=True)
 def resnet8x4(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(8, _WIDE, "basicblock", num_classes=num_classes, **kwargs)
 
 
-@register_model("resnet32x4")
+@register_model("resnet32x4", low_init_lr=True)
 def resnet32x4(num_classes: int = 100, **kwargs) -> ResNet:
     return ResNet(32, _WIDE, "basicblock", num_classes=num_classes, **kwargs)

@@ -124,21 +124,21 @@ class WideResNet(nn.Module):
         return select_features(True, True, feats, [f0, bn_f1(f1), bn_f2(f2), bn_f3(f3), f4], logits)
 
 
-@register_model("wrn_16_1")
+@register_model("wrn_16_1", low_init_lr=True)
 def wrn_16_1(num_classes: int = 100, **kwargs) -> WideResNet:
     return WideResNet(depth=16, widen_factor=1, num_classes=num_classes, **kwargs)
 
 
-@register_model("wrn_16_2")
+@register_model("wrn_16_2", low_init_lr=True)
 def wrn_16_2(num_classes: int = 100, **kwargs) -> WideResNet:
     return WideResNet(depth=16, widen_factor=2, num_classes=num_classes, **kwargs)
 
 
-@register_model("wrn_40_1")
+@register_model("wrn_40_1", low_init_lr=True)
 def wrn_40_1(num_classes: int = 100, **kwargs) -> WideResNet:
     return WideResNet(depth=40, widen_factor=1, num_classes=num_classes, **kwargs)
 
 
-@register_model("wrn_40_2")
+@register_model("wrn_40_2", low_init_lr=True)
 def wrn_40_2(num_classes: int = 100, **kwargs) -> WideResNet:
     return WideResNet(depth=40, widen_factor=2, num_classes=num_classes, **kwargs)

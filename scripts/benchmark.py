@@ -10,7 +10,7 @@
   under inference mode computing only what the method reads — plus ``--amp``/``--compile``.
 
 Both run the real ``train_student.py`` step (:class:`engine.distill.DistillStep` inside
-:func:`engine.loops.train_epoch`) on the same models, over generated CIFAR-100-format files when
+:func:`engine.fit.run_epoch`) on the same models, over generated CIFAR-100-format files when
 no ``--data_folder`` is given (teacher and student are randomly initialized: speed does not
 depend on the weights). Prints images/s of each, their ratio, the projected time of a 240-epoch
 CIFAR-100 run (50,000 images per epoch, training steps only) and peak memory; ``--json`` prints
@@ -38,10 +38,13 @@ from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa
 from dataset.synthetic import write_fake_cifar100  # noqa: E402
 from distiller_zoo import get_method, method_names  # noqa: E402
 from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
+from engine.fit import LoopSettings, Member, run_epoch  # noqa: E402
+from engine.loops import make_grad_scaler  # noqa: E402
+from engine.stepping import Stacked  # noqa: E402
+from engine.trainer import Run  # noqa: E402
+from engine.trials import TrialParts, stepping_for  # noqa: E402
+from helper.distributed import DistContext  # noqa: E402
 from helper.errors import exit_on_user_error  # noqa: E402
-from engine.loops import train_epoch  # noqa: E402
-from engine.trainer import Run, make_optimizer  # noqa: E402
-from engine.trials import Trial, stack_trials, train_trials_epoch  # noqa: E402
 from helper.util import resolve_device  # noqa: E402
 from models import build_model, check_model_name, is_rep_model  # noqa: E402
 
@@ -99,8 +102,8 @@ class Steps:
 
 
 def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
-                seed: int) -> Trial:
-    """Loader, student, method, optimizer and step of one path (one trial of it)."""
+                seed: int) -> TrialParts:
+    """Loader, student, method and step of one path (one trial of it)."""
     channels_last = fast  # the training scripts' default (engine.options.finalize_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
     method_cls = get_method(opt.distill)
@@ -120,13 +123,9 @@ def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher
         student.to(memory_format=torch.channels_last)
     method = build_method_for(opt.distill, mopt, student, teacher,
                               torch.randn(2, 3, 32, 32, device=device), n_data)
-    optimizer = make_optimizer([p for m in [student, *method.trainable_modules()]
-                                for p in m.parameters()], mopt)
     step = DistillStep(student, teacher, method, loss_weights(mopt),
                        compile=fast and opt.compile, device=device)
-    run = Run(name=opt.student, save_folder="", train_modules=[student, method], eval_model=student,
-              optimizer=optimizer, compute_loss=step, state_modules={})
-    return Trial(mopt, run, step, Steps(train_loader))
+    return TrialParts(mopt, student, method, step, Steps(train_loader))
 
 
 def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: int = 1) -> dict:
@@ -136,22 +135,23 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: in
     teacher = freeze(build_model(opt.teacher, num_classes=num_classes("cifar100")).to(device))
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
-    runs = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
-    stacked = stack_trials(runs, opt.trials_mode, device, runs[0].opt) if trials > 1 else None
+    parts = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
+    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, parts[0].opt)
     amp = fast and opt.amp
-    desc = "fast" if fast else "classic"
+    members = [Member(part.opt, Run(name=opt.student, save_folder="", train_modules=[part.student, part.method],
+                                    eval_model=part.student, optimizer=optimizer, state_modules={}),
+                      part.train_loader, scaler=make_grad_scaler(device, amp))
+               for part, optimizer in zip(parts, optimizers)]
+    if isinstance(stepping, Stacked):
+        stepping.scaler = make_grad_scaler(device, amp)
+    settings = LoopSettings(print_freq=0, amp=amp, channels_last=channels_last,
+                            desc="fast" if fast else "classic")
 
     def timed(n: int) -> float:
-        for run in runs:
-            run.train_loader.n = n
+        for part in parts:
+            part.train_loader.n = n
         start = time.perf_counter()
-        if trials == 1:
-            run = runs[0]
-            train_epoch(run.run.train_modules, run.train_loader, run.run.optimizer, run.step,
-                        device, epoch=1, print_freq=0, amp=amp, channels_last=channels_last, desc=desc)
-        else:
-            train_trials_epoch(runs, device, epoch=1, print_freq=0, amp=amp,
-                               channels_last=channels_last, desc=desc, stacked=stacked)
+        run_epoch(members, stepping, 1, settings, DistContext(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

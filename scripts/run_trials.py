@@ -201,6 +201,52 @@ def checkpoint_config(path: str) -> dict | None:
     return config
 
 
+def _decide_without_metrics(trial: Trial, resume_or: tuple[str, str] | None) -> str | None:
+    """No metrics file yet: resume from the last checkpoint, if any and made the same way."""
+    if resume_or is None:
+        return None
+    old = checkpoint_config(trial.last_path)
+    if old is not None:
+        config = trial.config
+        keys = [k for k in CHECKPOINT_KEYS if k in old and k in config]
+        diffs = config_differences({k: old[k] for k in keys}, {k: config[k] for k in keys})
+        if diffs:
+            return (f"{trial.last_path} was written with a different configuration: "
+                    f"{describe_differences(diffs, 'in the checkpoint')}")
+    trial.action, trial.reason = resume_or
+    return None
+
+
+def _decide_unrecorded(trial: Trial, metrics: dict, metrics_path: str,
+                       resume_or: tuple[str, str] | None) -> str | None:
+    """An older metrics file without recorded settings: only its last epoch can be checked."""
+    epoch, planned = metrics.get("epoch"), trial.config.get("epochs")
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == planned:
+        trial.action = SKIP
+        trial.reason = f"{metrics_path} exists (no recorded settings; epoch {epoch})"
+        return None
+    if resume_or:
+        trial.action, trial.reason = resume_or
+        return None
+    return (f"{trial.run_folder} holds {METRICS_FILE} of epoch {epoch} without recorded settings "
+            f"and no {os.path.basename(trial.last_path)} to resume, but the command plans "
+            f"{planned} epochs; move the folder away to rerun this trial")
+
+
+def _decide_unfinished(trial: Trial, metrics: dict, has_last: bool) -> None:
+    """A run of the same configuration that stopped early: resume it, or run it again."""
+    reached = metrics.get("reached_epoch", metrics.get("epoch"))
+    planned = metrics.get("planned_epochs", trial.config.get("epochs"))
+    if has_last:
+        trial.action = RESUME
+        trial.reason = f"unfinished (epoch {reached} of {planned}), continuing from " \
+                       f"{trial.last_path}"
+    else:
+        trial.action = OVERWRITE
+        trial.reason = f"unfinished (epoch {reached} of {planned}) and no " \
+                       f"{os.path.basename(trial.last_path)}: running it again"
+
+
 def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
     """Set ``trial.action``/``reason`` from its folder; return a conflict message, if any."""
     folder, config = trial.run_folder, trial.config
@@ -209,16 +255,7 @@ def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
     resume_or = (RESUME, f"continuing from {trial.last_path}") if has_last else None
 
     if not os.path.isfile(metrics_path):
-        if has_last:
-            old = checkpoint_config(trial.last_path)
-            if old is not None:
-                keys = [k for k in CHECKPOINT_KEYS if k in old and k in config]
-                diffs = config_differences({k: old[k] for k in keys}, {k: config[k] for k in keys})
-                if diffs:
-                    return (f"{trial.last_path} was written with a different configuration: "
-                            f"{describe_differences(diffs, 'in the checkpoint')}")
-            trial.action, trial.reason = resume_or
-        return None
+        return _decide_without_metrics(trial, resume_or)
     try:
         metrics = load_metrics(metrics_path)
     except (OSError, ValueError) as err:
@@ -229,19 +266,8 @@ def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
                 "resume; move the folder away to rerun this trial")
 
     recorded = run_config(metrics)
-    if recorded is None:  # older file: only its last epoch can be checked
-        epoch, planned = metrics.get("epoch"), config.get("epochs")
-        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch == planned:
-            trial.action = SKIP
-            trial.reason = f"{metrics_path} exists (no recorded settings; epoch {epoch})"
-            return None
-        if resume_or:
-            trial.action, trial.reason = resume_or
-            return None
-        return (f"{folder} holds {METRICS_FILE} of epoch {epoch} without recorded settings and "
-                f"no {os.path.basename(trial.last_path)} to resume, but the command plans "
-                f"{planned} epochs; move the folder away to rerun this trial")
-
+    if recorded is None:
+        return _decide_unrecorded(trial, metrics, metrics_path, resume_or)
     sha_folder, sha_command = teacher_sha256(metrics), hashes(config.get("path_t"))
     both = sha_folder is not None and sha_command is not None
     diffs = config_differences(result_settings(recorded, sha_folder if both else None),
@@ -250,16 +276,7 @@ def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
         return (f"{folder} holds a run of a different configuration: "
                 f"{describe_differences(diffs)}; move the folder away or change the command")
     if is_finished(metrics) is False:
-        reached = metrics.get("reached_epoch", metrics.get("epoch"))
-        planned = metrics.get("planned_epochs", config.get("epochs"))
-        if resume_or:
-            trial.action = RESUME
-            trial.reason = f"unfinished (epoch {reached} of {planned}), continuing from " \
-                           f"{trial.last_path}"
-        else:
-            trial.action = OVERWRITE
-            trial.reason = f"unfinished (epoch {reached} of {planned}) and no " \
-                           f"{os.path.basename(trial.last_path)}: running it again"
+        _decide_unfinished(trial, metrics, has_last)
         return None
     trial.action, trial.reason = SKIP, f"{metrics_path} exists"
     return None

@@ -37,6 +37,7 @@ import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -307,18 +308,9 @@ def _split_by_settings(runs: list[Run]) -> list[list[Run]]:
     return groups
 
 
-def build_table(runs: list[Run], include_unfinished: bool = False,
-                published: PublishedResults | None = None, metric: str = "test_acc") -> Table:
-    """Group the runs into (row, pair) cells; see the module docstring."""
-    unfinished = [r for r in runs if not r.finished]
-    if not include_unfinished:
-        runs = [r for r in runs if r.finished]
-    several_datasets = len({r.name["dataset"] for r in runs}) > 1
-    weights_per_method: dict[str, set[str]] = defaultdict(set)
-    for run in runs:
-        weights_per_method[run.name["distill"]].add(_weights(run.name))
-
-    # folder-name identity -> sub-groups of runs made the same way (unchecked runs: one group)
+def _group_runs(runs: list[Run]) -> dict[tuple, list[tuple[bool, list[Run]]]]:
+    """Folder-name identity -> sub-groups ``(checked, runs)`` of runs made the same way (the
+    unchecked runs of an identity: one group, last)."""
     by_identity: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         by_identity[run.identity].append(run)
@@ -329,16 +321,25 @@ def build_table(runs: list[Run], include_unfinished: bool = False,
         subgroups[identity] = [(True, g) for g in _split_by_settings(checked)]
         if unchecked:
             subgroups[identity].append((False, unchecked))
+    return subgroups
 
-    def row_identity(identity: tuple) -> tuple[str, list[str]]:
-        dataset, model_t, model_s, method, gamma, alpha, beta, blocktype = identity
-        parts = [] if blocktype == DEFAULT_BLOCKTYPE else [f"t={blocktype}"]
-        if len(weights_per_method[method]) > 1:
-            parts.append(_weights({"gamma": gamma, "alpha": alpha, "beta": beta}))
-        return method, parts
 
-    # settings that differ within some cell of a row: shown on every cell of that row, so that
-    # cells of equal settings line up; the teacher only where it differs within the cell
+def _row_identity(identity: tuple, weights_per_method: dict[str, set[str]]) -> tuple[str, list[str]]:
+    """The method of an identity and what its row label adds: the block type when not AMBB,
+    the weights when the method was run with several."""
+    dataset, model_t, model_s, method, gamma, alpha, beta, blocktype = identity
+    parts = [] if blocktype == DEFAULT_BLOCKTYPE else [f"t={blocktype}"]
+    if len(weights_per_method[method]) > 1:
+        parts.append(_weights({"gamma": gamma, "alpha": alpha, "beta": beta}))
+    return method, parts
+
+
+def _differing_settings(subgroups: dict[tuple, list[tuple[bool, list[Run]]]],
+                        weights_per_method: dict[str, set[str]]
+                        ) -> tuple[dict[tuple, set[str]], set[tuple]]:
+    """Settings that differ within some cell of a row (keyed by ``(method, parts)``): shown on
+    every cell of that row, so that cells of equal settings line up; and the identities within
+    which the teacher differs (shown only there)."""
     differing: dict[tuple, set[str]] = defaultdict(set)
     teacher_differs: set[tuple] = set()
     for identity, groups in subgroups.items():
@@ -349,8 +350,29 @@ def build_table(runs: list[Run], include_unfinished: bool = False,
                 keys |= set(config_differences(a, b))
         if TEACHER_KEY in keys:
             teacher_differs.add(identity)
-        method, parts = row_identity(identity)
+        method, parts = _row_identity(identity, weights_per_method)
         differing[method, tuple(parts)] |= keys - {TEACHER_KEY}
+    return differing, teacher_differs
+
+
+def _setting_label(keys: set[str], settings: dict[str, Any]) -> str:
+    """``epochs=2, teacher sha 1a2b3c``: the given keys of a group's settings, in order."""
+    return ", ".join(format_setting(k, settings.get(k, ABSENT))
+                     for k in sorted(keys, key=setting_order))
+
+
+def build_table(runs: list[Run], include_unfinished: bool = False,
+                published: PublishedResults | None = None, metric: str = "test_acc") -> Table:
+    """Group the runs into (row, pair) cells; see the module docstring."""
+    unfinished = [r for r in runs if not r.finished]
+    if not include_unfinished:
+        runs = [r for r in runs if r.finished]
+    several_datasets = len({r.name["dataset"] for r in runs}) > 1
+    weights_per_method: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        weights_per_method[run.name["distill"]].add(_weights(run.name))
+    subgroups = _group_runs(runs)
+    differing, teacher_differs = _differing_settings(subgroups, weights_per_method)
 
     cells: dict[tuple[str, str], Cell] = {}
     row_keys: dict[str, tuple] = {}
@@ -359,16 +381,14 @@ def build_table(runs: list[Run], include_unfinished: bool = False,
     order = (lambda *pair: 0) if published is None else published.pair_rank
     for identity, groups in subgroups.items():
         dataset, model_t, model_s, method, gamma, alpha, beta, blocktype = identity
-        _, parts = row_identity(identity)
+        _, parts = _row_identity(identity, weights_per_method)
         has_checked = any(ok for ok, _ in groups)
         for ok, members in groups:
             if ok:
                 keys = set(differing[method, tuple(parts)])
                 if identity in teacher_differs:
                     keys.add(TEACHER_KEY)
-                settings = members[0].settings
-                setting = ", ".join(format_setting(k, settings.get(k, ABSENT))
-                                    for k in sorted(keys, key=setting_order))
+                setting = _setting_label(keys, members[0].settings)
             else:
                 setting = "settings unknown" if has_checked else ""
             row = _row_label(method, parts, setting)
@@ -474,95 +494,124 @@ def check_output_path(path: str, flag: str) -> None:
         raise UserError(f"{flag} {path}: folder {parent} does not exist")
 
 
+def _matplotlib() -> SimpleNamespace:
+    """The parts of matplotlib that the chart uses, imported here and only here, on first use:
+    a heavy third-party import that only ``--png`` needs (ImportError when it is missing)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return SimpleNamespace(colormaps=matplotlib.colormaps, FigureCanvasAgg=FigureCanvasAgg,
+                           Figure=Figure, Line2D=Line2D, Patch=Patch)
+
+
 def require_matplotlib() -> None:
     try:
-        import matplotlib  # noqa: F401
+        _matplotlib()
     except ImportError:
         raise UserError("--png needs matplotlib, which is not installed: "
                         "pip install matplotlib") from None
+
+
+@dataclass
+class _Legend:
+    """What the panels drew, for the legend: rows in order of first use, whether a published
+    number and an unchecked (hatched) bar appear."""
+
+    rows: list[str] = field(default_factory=list)
+    published: bool = False
+    unchecked: bool = False
+
+
+def _draw_bar(ax, row: str, cell: Cell, x: float, width: float, colour, legend: _Legend
+              ) -> tuple[float, float]:
+    """One cell's bar at ``x``: error bar (sample std), published diamond, n above; returns the
+    lowest and highest value it shows."""
+    std = cell.std or 0.0
+    ax.bar(x, cell.mean, width * 0.92, color=colour, hatch="//" if not cell.checked else None,
+           edgecolor="white", linewidth=0.5, zorder=2)
+    if cell.std is not None:
+        ax.errorbar(x, cell.mean, yerr=std, color="black", capsize=3, linewidth=1, zorder=3)
+    low, top = cell.mean - std, cell.mean + std
+    if cell.published is not None:
+        ax.plot(x, cell.published.value, marker="D", markersize=5, color="black",
+                markerfacecolor="white" if cell.published.plain_student else "black",
+                linestyle="none", zorder=5)
+        low, top = min(low, cell.published.value), max(top, cell.published.value)
+        legend.published = True
+    ax.annotate(f"{cell.n}{cell.marks()}", (x, top), xytext=(0, 4), textcoords="offset points",
+                ha="center", va="bottom", fontsize=7, zorder=4)
+    legend.unchecked |= not cell.checked
+    if row not in legend.rows:
+        legend.rows.append(row)
+    return low, top
+
+
+def _draw_panel(ax, table: Table, dataset: str, cols: list[str], widest: int, colour: dict,
+                metric: str, legend: _Legend) -> None:
+    """One data set's panel: a group of bars per pair, centred on its tick."""
+    per_pair = [[r for r in table.rows if (r, c) in table.cells] for c in cols]
+    width = min(0.3, 0.8 / max(len(p) for p in per_pair))
+    lows, highs = [], []
+    for j, (col, rows) in enumerate(zip(cols, per_pair)):
+        for k, row in enumerate(rows):
+            x = j + (k - (len(rows) - 1) / 2) * width
+            low, high = _draw_bar(ax, row, table.cells[row, col], x, width, colour[row], legend)
+            lows.append(low)
+            highs.append(high)
+    span = max(highs) - min(lows)
+    pad = max(0.5, 0.08 * span)
+    ax.set_ylim(max(0.0, min(lows) - pad), max(highs) + 2.5 * pad)
+    margin = (widest - len(cols)) / 2  # the same bar width in every panel
+    ax.set_xlim(-0.5 - margin, len(cols) - 0.5 + margin)
+    labels = [f"{table.col_info[c][1]}→{table.col_info[c][2]}" for c in cols]
+    rotate = len(cols) > 4 or max(len(s) for s in labels) > 22
+    ax.set_xticks(range(len(cols)), labels, rotation=25 if rotate else 0,
+                  ha="right" if rotate else "center", fontsize=8,
+                  rotation_mode="anchor" if rotate else "default")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(dataset)
+    ax.grid(axis="y", linewidth=0.4, alpha=0.6, zorder=0)
+    ax.set_axisbelow(True)
+
+
+def _legend_handles(mpl: SimpleNamespace, table: Table, colour: dict, legend: _Legend) -> list:
+    handles = [mpl.Patch(color=colour[r], label=r) for r in table.rows if r in legend.rows]
+    if legend.published:
+        handles.append(mpl.Line2D([], [], marker="D", color="black", linestyle="none",
+                                  label="published"))
+        if any(c.published is not None and c.published.plain_student
+               for c in table.cells.values()):
+            handles.append(mpl.Line2D([], [], marker="D", color="black",
+                                      markerfacecolor="white", linestyle="none",
+                                      label="published (plain student)"))
+    if legend.unchecked:
+        handles.append(mpl.Patch(facecolor="lightgrey", hatch="//", edgecolor="white",
+                                 label=f"{UNCHECKED_MARK} settings not recorded"))
+    return handles
 
 
 def make_figure(table: Table, metric: str):
     """Bar chart: one panel per data set, one group of bars per pair (tick label
     teacher→student), one series per table row; error bars = sample std, n above each bar,
     published numbers as black diamonds, hatched bars for unchecked runs (†)."""
-    import matplotlib
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
+    mpl = _matplotlib()
     datasets = sorted({info[0] for info in table.col_info.values()})
     cols_of = {d: [c for c in table.cols if table.col_info[c][0] == d] for d in datasets}
-    cmap = matplotlib.colormaps["tab10" if len(table.rows) <= 10 else "tab20"]
+    cmap = mpl.colormaps["tab10" if len(table.rows) <= 10 else "tab20"]
     colour = {row: cmap(k % cmap.N) for k, row in enumerate(table.rows)}
     widest = max(len(c) for c in cols_of.values())
-    fig = Figure(figsize=(max(6.5, 1.2 + 1.5 * widest),
-                         3.8 * len(datasets) + 0.8 + 0.18 * -(-(len(table.rows) + 3) // 3)),
-                 layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = mpl.Figure(figsize=(max(6.5, 1.2 + 1.5 * widest),
+                              3.8 * len(datasets) + 0.8 + 0.18 * -(-(len(table.rows) + 3) // 3)),
+                     layout="constrained")
+    mpl.FigureCanvasAgg(fig)
     axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
-    used_rows, pub_shown, unchecked_shown = [], False, False
+    legend = _Legend()
     for ax, dataset in zip(axes, datasets):
-        cols = cols_of[dataset]
-        per_pair = [[r for r in table.rows if (r, c) in table.cells] for c in cols]
-        width = min(0.3, 0.8 / max(len(p) for p in per_pair))
-        lows, highs = [], []
-        for j, (col, rows) in enumerate(zip(cols, per_pair)):
-            for k, row in enumerate(rows):  # the pair's bars centred on its tick
-                cell = table.cells[row, col]
-                x = j + (k - (len(rows) - 1) / 2) * width
-                std = cell.std or 0.0
-                ax.bar(x, cell.mean, width * 0.92, color=colour[row],
-                       hatch="//" if not cell.checked else None, edgecolor="white",
-                       linewidth=0.5, zorder=2)
-                if cell.std is not None:
-                    ax.errorbar(x, cell.mean, yerr=std, color="black", capsize=3,
-                                linewidth=1, zorder=3)
-                top = cell.mean + std
-                lows.append(cell.mean - std)
-                highs.append(top)
-                if cell.published is not None:
-                    ax.plot(x, cell.published.value, marker="D", markersize=5, color="black",
-                            markerfacecolor="white" if cell.published.plain_student else "black",
-                            linestyle="none", zorder=5)
-                    lows.append(cell.published.value)
-                    highs.append(cell.published.value)
-                    top = max(top, cell.published.value)
-                    pub_shown = True
-                ax.annotate(f"{cell.n}{cell.marks()}", (x, top), xytext=(0, 4),
-                            textcoords="offset points", ha="center", va="bottom", fontsize=7,
-                            zorder=4)
-                unchecked_shown |= not cell.checked
-                if row not in used_rows:
-                    used_rows.append(row)
-        span = max(highs) - min(lows)
-        pad = max(0.5, 0.08 * span)
-        ax.set_ylim(max(0.0, min(lows) - pad), max(highs) + 2.5 * pad)
-        margin = (widest - len(cols)) / 2  # the same bar width in every panel
-        ax.set_xlim(-0.5 - margin, len(cols) - 0.5 + margin)
-        labels = [f"{table.col_info[c][1]}→{table.col_info[c][2]}" for c in cols]
-        rotate = len(cols) > 4 or max(len(s) for s in labels) > 22
-        ax.set_xticks(range(len(cols)), labels, rotation=25 if rotate else 0,
-                      ha="right" if rotate else "center", fontsize=8,
-                      rotation_mode="anchor" if rotate else "default")
-        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        ax.set_title(dataset)
-        ax.grid(axis="y", linewidth=0.4, alpha=0.6, zorder=0)
-        ax.set_axisbelow(True)
-    handles = [Patch(color=colour[r], label=r) for r in table.rows if r in used_rows]
-    if pub_shown:
-        from matplotlib.lines import Line2D
-
-        handles.append(Line2D([], [], marker="D", color="black", linestyle="none",
-                              label="published"))
-        if any(c.published is not None and c.published.plain_student
-               for c in table.cells.values()):
-            handles.append(Line2D([], [], marker="D", color="black", markerfacecolor="white",
-                                  linestyle="none", label="published (plain student)"))
-    if unchecked_shown:
-        handles.append(Patch(facecolor="lightgrey", hatch="//", edgecolor="white",
-                             label=f"{UNCHECKED_MARK} settings not recorded"))
+        _draw_panel(ax, table, dataset, cols_of[dataset], widest, colour, metric, legend)
+    handles = _legend_handles(mpl, table, colour, legend)
     fig.suptitle(f"Students' {METRIC_LABELS.get(metric, metric)}: mean ± sample std over "
                  "trials (number of trials above the bars)", fontsize=10)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)),

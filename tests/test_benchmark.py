@@ -59,7 +59,7 @@ def test_compiled_step_matches_eager_with_partial_last_batch(monkeypatch):
     student.train()
     for n in (8, 8, 5):  # the last partial batch changes the shape
         data = (torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
-        loss_e, logits_e = eager(to_batch(data, torch.device("cpu")))
-        loss_c, logits_c = compiled(to_batch(data, torch.device("cpu")))
+        loss_e, logits_e = eager(to_batch(data, torch.device("cpu")), 1)
+        loss_c, logits_c = compiled(to_batch(data, torch.device("cpu")), 1)
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(logits_c, logits_e, rtol=1e-5, atol=1e-5)

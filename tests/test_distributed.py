@@ -67,7 +67,7 @@ def test_learning_rate_scales_linearly_with_processes():
     def lr(world_size, **flags):
         opt = Namespace(**{"dataset": "cifar100", "epochs": None, "batch_size": None,
                            "learning_rate": None, "lr_decay_epochs": None, "weight_decay": None,
-                           "no_lr_scale": False, **flags})
+                           "no_lr_scale": False, "loader": None, **flags})
         opt = finalize_optimization(opt, "resnet8", world_size)
         return opt.base_learning_rate, opt.learning_rate
 
@@ -87,10 +87,9 @@ def test_sync_bn_conversion_keeps_the_checkpoint_layout():
 
     model = model_dict["represnet8"](num_classes=10)
     keys = list(model.state_dict())
-    opt = Namespace(sync_bn=True, channels_last=False)
-    assert place_model(model, opt, DistContext(CPU)) is model  # one process: nothing to sync
+    assert place_model(model, DistContext(CPU), sync_bn=True) is model  # one process: nothing to sync
     with pytest.raises(UserError, match="CUDA"):
-        place_model(model, opt, DistContext(CPU, rank=0, world_size=2))
+        place_model(model, DistContext(CPU, rank=0, world_size=2), sync_bn=True)
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     assert list(synced.state_dict()) == keys
 

@@ -25,7 +25,7 @@ from dataset.synthetic import write_fake_cifar100
 from distiller_zoo import method_names
 from helper.distributed import DistContext
 from helper.errors import UserError
-from engine.loops import train_epoch
+from engine.fit import run_epoch
 from models import model_dict
 from tests.reference import load_json
 
@@ -132,13 +132,12 @@ def check_cell(workdir, teacher: str, student: str, method: str) -> None:
         assert "\n" not in message
         assert str(mismatch[0]) in message and str(mismatch[1]) in message
         return
-    trials, _, _ = train_student.prepare_trials(opt, dist)
+    members, stepping, _, _ = train_student.prepare_trials(opt, dist)
     assert opt.channels_last  # the default memory format
-    run = trials[0].run
+    run = members[0].run
     before = [p.detach().clone() for p in run.eval_model.parameters()]
-    one_batch = list(itertools.islice(trials[0].train_loader, 1))
-    stats = train_epoch(run.train_modules, one_batch, run.optimizer, run.compute_loss,
-                        dist.device, epoch=1, channels_last=opt.channels_last, desc=method)
+    members[0].train_loader = list(itertools.islice(members[0].train_loader, 1))
+    stats = run_epoch(members, stepping, 1, train_student.loop_settings(opt, method), dist)[0]
     assert math.isfinite(stats["loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, run.eval_model.parameters()))
 

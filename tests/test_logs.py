@@ -15,7 +15,11 @@ import train_student
 import train_teacher
 from helper import logging_utils
 from helper.errors import UserError
-from engine.loops import DeviceMeter, StepOutput, train_epoch
+from engine.fit import LoopSettings, Member, run_epoch
+from engine.loops import DeviceMeter, StepOutput
+from engine.stepping import OwnSteps
+from engine.trainer import Run
+from helper.distributed import DistContext
 from helper.logging_utils import LOG_FILE, is_terminal, tee_to
 from tests.cli_helpers import FAST, student_args, student_folder, teacher_workdir
 
@@ -104,12 +108,20 @@ def test_terminal_keeps_the_bar_and_prints_no_lines(capsys):
         return original(self, dist)
 
     cpu = torch.device("cpu")
+    run = Run(name="m", save_folder="unused", train_modules=[model], eval_model=model,
+              optimizer=optimizer, state_modules={})
+
+    def one_epoch(epoch, terminal):
+        stepping = OwnSteps([lambda batch, epoch: compute_loss(batch)])
+        run_epoch([Member(None, run, loader)], stepping, epoch,
+                  LoopSettings(print_freq=5, terminal=terminal), DistContext(cpu))
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(DeviceMeter, "totals", counting)
-        train_epoch([model], loader, optimizer, compute_loss, cpu, 1, print_freq=5, terminal=True)
+        one_epoch(1, terminal=True)
         bar = capsys.readouterr()
         assert len(reads) == 3  # steps 5 and 10, then the epoch's result
-        train_epoch([model], loader, optimizer, compute_loss, cpu, 2, print_freq=5, terminal=False)
+        one_epoch(2, terminal=False)
         piped = capsys.readouterr()
         assert len(reads) == 6
     assert "Epoch: " not in bar.out + bar.err and "train epoch 1" in bar.out  # the bar, on stdout
@@ -221,7 +233,7 @@ def test_compiled_step_returns_the_terms(monkeypatch):
     compiled = distill.DistillStep(student, teacher, method, weights, compile=True)
     student.train()
     batch = to_batch((torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))), torch.device("cpu"))
-    out_e, out_c = eager(batch), compiled(batch)
+    out_e, out_c = eager(batch, 1), compiled(batch, 1)
     assert isinstance(out_c, StepOutput) and set(out_c.terms) == {"cls", "div", "kd"}
     for name in out_e.terms:
         assert not out_c.terms[name].requires_grad

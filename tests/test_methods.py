@@ -3,6 +3,9 @@ what it trains; incompatible pairs and unknown names fail with a one-line UserEr
 from __future__ import annotations
 
 import argparse
+import pathlib
+import re
+from dataclasses import FrozenInstanceError, fields
 
 import pytest
 import torch
@@ -389,3 +392,73 @@ def test_real_zoo_fsp_mismatch():
         feat_t, _ = teacher(probe, is_feat=True)
     with pytest.raises(UserError, match="channel"):
         dz.build_method("fsp", make_opt(), student, teacher, feat_s, feat_t, N_DATA)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_each_params_class_declares_its_flags_once():
+    """The flags of CRD, DKD and FitNet are generated from their params dataclasses, each class
+    once (CRD and CC share ``CRDParams``), with the dataclass defaults, types and choices."""
+    methods = dz.methods
+    classes = methods.method_params_classes()
+    assert classes == [methods.CRDParams, methods.DKDParams, methods.HintParams]
+    assert dz.get_method("crd").params_class is dz.get_method("correlation").params_class
+    parser = argparse.ArgumentParser()
+    methods.add_method_flags(parser)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert sorted(actions) == sorted(f.name for c in classes for f in fields(c))
+    for c in classes:
+        for f in fields(c):
+            action = actions[f.name]
+            assert action.default == f.default and action.type is f.metadata["type"]
+            assert action.choices == f.metadata["choices"] and action.help == f.metadata["help"]
+    assert actions["hint_layer"].choices == [0, 1, 2, 3, 4] and actions["hint_layer"].default == 2
+    assert (actions["feat_dim"].default, actions["nce_k"].default, actions["nce_t"].default,
+            actions["nce_m"].default, actions["mode"].default) == (128, 16384, 0.07, 0.5, "exact")
+    assert vars(parser.parse_args([])) == {f.name: f.default for c in classes for f in fields(c)}
+
+
+def test_params_read_exactly_their_fields_defaults_where_missing():
+    methods = dz.methods
+    opt = argparse.Namespace(dkd_beta=2.0, kd_T=3.0, unrelated=1)
+    assert methods.DKDParams.from_options(opt) == methods.DKDParams(dkd_beta=2.0)
+    assert methods.DKDParams.from_options(opt).dkd_alpha == 1.0
+    assert methods.SharedParams.from_options(opt) == methods.SharedParams(kd_T=3.0)
+    assert methods.SharedParams.from_options(argparse.Namespace()).batch_size == 64
+    with pytest.raises(FrozenInstanceError):
+        methods.HintParams().hint_layer = 3
+
+
+def test_methods_take_their_values_from_the_params():
+    _, _, dkd = build("dkd", opt=make_opt(dkd_alpha=0.5, dkd_beta=2.0, dkd_T=2.0, dkd_warmup=5))
+    kd = dkd.criterion_kd
+    assert (kd.alpha, kd.beta, kd.temperature, kd.warmup) == (0.5, 2.0, 2.0, 5)
+    _, _, crd = build("crd", opt=make_opt(feat_dim=12, nce_k=5, nce_t=0.2, nce_m=0.3))
+    assert crd.criterion_kd.embed_s.linear.out_features == 12
+    assert (crd.criterion_kd.contrast.K, crd.criterion_kd.contrast.momentum) == (5, pytest.approx(0.3))
+    assert crd.criterion_kd.contrast.T == pytest.approx(0.2)
+    _, _, cc = build("correlation", opt=make_opt(feat_dim=12))
+    assert cc.embed_s.linear.out_features == 12
+    _, _, hint = build("hint", opt=make_opt(hint_layer=1))
+    assert hint.hint_layer == 1
+    # an options object with only what the method reads: the rest takes the dataclass defaults
+    _, _, bare = build("hint", opt=argparse.Namespace())
+    assert bare.hint_layer == 2 and bare.criterion_div.T == 4.0
+
+
+def test_init_learning_rate():
+    _, _, ft = build("factor")
+    assert ft.init_learning_rate(0.05, low_init_lr=True) == 0.01
+    assert ft.init_learning_rate(0.05, low_init_lr=False) == 0.05
+    for name in ("abound", "fsp", "kd"):
+        _, _, method = build(name)
+        assert method.init_learning_rate(0.05, True) == 0.05
+
+
+def test_no_method_reads_the_options_object():
+    root = pathlib.Path(dz.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        assert "ctx.opt" not in text and "vars(" not in text, path
+        assert not re.search(r"getattr\(\w*opt\w*,\s*[\"']", text), path  # no loose opt reads

@@ -10,7 +10,7 @@ import torch
 
 import train_student
 from distiller_zoo import method_names
-from engine.trials import split_outputs
+from engine.stepping import split_outputs
 from helper.util import data_seed
 from tests.cli_helpers import exit_message, student_args, student_folder, teacher_workdir
 
@@ -127,9 +127,9 @@ def test_a_diverging_trial_stops_alone(workdir, monkeypatch, capsys):
         if opt.trial == "8":
             student_loss = trial.step.student_loss
 
-            def poisoned(batch, feat_t, logit_t):
-                loss, logits = student_loss(batch, feat_t, logit_t)
-                return (loss * float("nan") if trial.step.epoch == 2 else loss), logits
+            def poisoned(batch, feat_t, logit_t, epoch):
+                loss, logits = student_loss(batch, feat_t, logit_t, epoch)
+                return (loss * float("nan") if epoch == 2 else loss), logits
             trial.step.student_loss = poisoned
         return trial
 
@@ -204,9 +204,9 @@ def test_stacked_students_step_like_separate_ones_in_float64(fused, distill):
     for _ in range(3):
         batches = [Batch(torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,)))
                    for _ in range(2)]
-        losses, _ = optimize(lambda: step(batches), stacked_opt, None, device, False)
+        losses, _ = optimize(lambda: step(batches, 1), stacked_opt, None, device, False)
         for k, (sep_step, sep_opt) in enumerate(separate):
-            loss, _ = optimize(lambda: sep_step(batches[k]), sep_opt, None, device, False)
+            loss, _ = optimize(lambda: sep_step(batches[k], 1), sep_opt, None, device, False)
             torch.testing.assert_close(losses[k], loss, rtol=1e-10, atol=1e-12)
     for k, c in enumerate(copies):
         assert_states_close(students[k].state_dict(), c.state_dict(), rtol=1e-9, atol=1e-11)
@@ -260,8 +260,8 @@ def test_every_stackable_method_gives_the_separate_losses(distill):
     stacked = StackedStudents(students).train()
     step = StackedStep(stacked, separate[0], method, loss_weights(opt))
     batches = [Batch(torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,))) for _ in range(2)]
-    losses, logits = step(batches)
+    losses, logits = step(batches, 1)
     for k in range(2):
-        loss, logit = separate[k](batches[k])
+        loss, logit = separate[k](batches[k], 1)
         torch.testing.assert_close(losses[k], loss, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(logits[k], logit, rtol=1e-9, atol=1e-12)

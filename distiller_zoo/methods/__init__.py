@@ -4,8 +4,13 @@ Importing this package registers kd, kdrefine, dkd, hint, attention, nst, kdsvd,
 vid, semckd, crd, correlation, rkd, pkt, srrl, abound, factor and fsp.
 """
 from . import embedding, feature, logit, two_stage  # noqa: F401  (fill the registry)
-from .base import (METHODS, BuildContext, Distiller, Recipe, StepInputs, add_method_flags,
-                   build_method, get_method, method_names, register_method)
+from .base import (METHODS, BuildContext, Distiller, Params, Recipe, SharedParams, StepInputs,
+                   add_method_flags, build_method, get_method, method_names, method_params_classes,
+                   param, register_method)
+from .embedding import CRDParams
+from .feature import HintParams
+from .logit import DKDParams
 
-__all__ = ["METHODS", "BuildContext", "Distiller", "Recipe", "StepInputs", "add_method_flags",
-           "build_method", "get_method", "method_names", "register_method"]
+__all__ = ["METHODS", "BuildContext", "CRDParams", "DKDParams", "Distiller", "HintParams", "Params",
+           "Recipe", "SharedParams", "StepInputs", "add_method_flags", "build_method", "get_method",
+           "method_names", "method_params_classes", "param", "register_method"]

@@ -9,14 +9,20 @@ two-stage methods, what the init stage trains (:meth:`init_modules`, :meth:`init
 
 Each method declares the :class:`Recipe` of its published row (its loss weights and, where the
 published code differs from RepDistiller's rule, its learning rate): these are the defaults of
-``-r``, ``-a``, ``-b`` and ``--learning_rate`` when ``--distill`` picks it. A method with its own
-hyper-parameters declares their flags in :meth:`Distiller.add_flags`.
+``-r``, ``-a``, ``-b`` and ``--learning_rate`` when ``--distill`` picks it.
+
+A method with its own hyper-parameters declares them once, as a frozen :class:`Params`
+dataclass named by its ``params_class``: each field is one flag ``--<field>`` (default, type,
+choices and help in the field, see :func:`param`), :func:`add_method_flags` adds each distinct
+class's flags once, and :func:`build_method` hands the method the instance read from the
+options (:meth:`Params.from_options`), together with the :class:`SharedParams` every method
+reads. No method reads the options object itself.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -27,6 +33,54 @@ from helper.errors import UserError
 from ..kd import DistillKL, standardize_logits
 
 Feats = list[torch.Tensor]
+P = TypeVar("P", bound="Params")
+
+
+def param(default: Any, type: Callable[[str], Any], help: str | None = None,
+          choices: list | None = None) -> Any:
+    """A :class:`Params` field that is also the flag ``--<field name>``: its default is the
+    flag's default, ``type``, ``help`` and ``choices`` go to ``argparse`` unchanged."""
+    return field(default=default, metadata={"type": type, "help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Params:
+    """Base of the frozen dataclasses of hyper-parameters: one field per option.
+
+    A subclass with ``title`` set declares its fields as flags in the argument group ``title``
+    (:meth:`add_flags`); :meth:`from_options` reads exactly the fields from an options object,
+    a field the object lacks taking the dataclass default (the one source of defaults).
+    """
+
+    #: the title of the ``argparse`` group of the flags
+    title: ClassVar[str] = ""
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one flag ``--<name>`` per field (dest = field name), in an argument group."""
+        group = parser.add_argument_group(cls.title)
+        for f in fields(cls):
+            if f.default is MISSING or "type" not in f.metadata:
+                raise TypeError(f"{cls.__name__}.{f.name} is no flag: declare it with param()")
+            meta = {k: v for k, v in f.metadata.items() if v is not None}
+            group.add_argument(f"--{f.name}", default=f.default, **meta)
+
+    @classmethod
+    def from_options(cls: type[P], opt: object) -> P:
+        """The instance holding ``opt``'s value of each field (the default where it has none)."""
+        return cls(**{f.name: getattr(opt, f.name) for f in fields(cls) if hasattr(opt, f.name)})
+
+
+@dataclass(frozen=True)
+class SharedParams(Params):
+    """The options every method reads, whose flags the entry script declares: the temperature
+    of the ``div`` term (``--kd_T``), logit standardization (``--logit_stand``, Sun et al.,
+    CVPR 2024) and the per-process batch size (``--batch_size``; SemCKD sizes its attention
+    by it)."""
+
+    kd_T: float = 4.0
+    logit_stand: bool = False
+    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -46,16 +100,25 @@ class Recipe:
 class BuildContext:
     """Everything a method's constructor may read.
 
-    ``feat_s`` / ``feat_t``: the ``is_feat=True`` features of a small probe batch (pre-activation
-    ones when the method declares ``needs_preact``); ``n_data``: the training-set size.
+    ``shared``: the options every method reads; ``params``: the method's own hyper-parameters
+    (an instance of its ``params_class``, None when it has none); ``feat_s`` / ``feat_t``: the
+    ``is_feat=True`` features of a small probe batch (pre-activation ones when the method
+    declares ``needs_preact``); ``n_data``: the training-set size.
     """
 
-    opt: object
+    shared: SharedParams
+    params: Params | None
     student: nn.Module
     teacher: nn.Module
     feat_s: Feats
     feat_t: Feats
     n_data: int
+
+    def params_as(self, cls: type[P]) -> P:
+        """``params``, checked to be a ``cls`` (the method's ``params_class``)."""
+        if not isinstance(self.params, cls):
+            raise TypeError(f"expected {cls.__name__} parameters, got {type(self.params).__name__}")
+        return self.params
 
 
 @dataclass
@@ -109,19 +172,17 @@ class Distiller(nn.Module):
     stackable: ClassVar[bool] = True
     #: the published row's weights and learning rate: the defaults of -r/-a/-b/--learning_rate
     recipe: ClassVar[Recipe]
-
-    @classmethod
-    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the flags of this method's own hyper-parameters (none by default)."""
+    #: the frozen dataclass of the method's own hyper-parameters and flags (None: it has none);
+    #: methods sharing hyper-parameters (CRD's ``feat_dim``) share the class
+    params_class: ClassVar[type[Params] | None] = None
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__()
-        opt = ctx.opt
-        self.logit_stand = bool(getattr(opt, "logit_stand", False))
+        self.logit_stand = bool(ctx.shared.logit_stand)
         if self.logit_stand and not self.supports_logit_stand:
             known = ", ".join(n for n, c in sorted(METHODS.items()) if c.supports_logit_stand)
             raise UserError(f"--logit_stand applies to {known}, not to --distill {self.name}")
-        self.criterion_div = DistillKL(opt.kd_T)
+        self.criterion_div = DistillKL(ctx.shared.kd_T)
 
     # ----- what the loop calls -----
     def forward(self, feat_s: Feats | None, logit_s: torch.Tensor, feat_t: Feats | None,
@@ -145,9 +206,11 @@ class Distiller(nn.Module):
         """The init-stage objective (two-stage methods only)."""
         raise NotImplementedError(f"--distill {self.name} has no init stage")
 
-    def init_learning_rate(self, opt) -> float:
-        """Learning rate of the init stage (the CRD code's ``helper/pretrain.py``)."""
-        return opt.learning_rate
+    def init_learning_rate(self, learning_rate: float, low_init_lr: bool) -> float:
+        """Learning rate of the init stage (the CRD code's ``helper/pretrain.py``): the main
+        stage's ``learning_rate``; ``low_init_lr`` says the student is one whose init stage
+        the CRD code runs at 0.01 (only FT uses it)."""
+        return learning_rate
 
     def main_stage_eval_modules(self) -> list[nn.Module]:
         """Owned modules kept in eval mode in the main stage (as the CRD loop does)."""
@@ -204,12 +267,27 @@ def get_method(name: str) -> type[Distiller]:
 
 def build_method(name: str, opt, student: nn.Module, teacher: nn.Module, feat_s: Feats,
                  feat_t: Feats, n_data: int) -> Distiller:
-    """Build the method ``name`` for this student/teacher pair (see :class:`BuildContext`)."""
+    """Build the method ``name`` for this student/teacher pair (see :class:`BuildContext`);
+    ``opt`` is read once here, into :class:`SharedParams` and the method's ``params_class``."""
     cls = get_method(name)
-    return cls(BuildContext(opt, student, teacher, list(feat_s or []), list(feat_t or []), n_data))
+    params = cls.params_class.from_options(opt) if cls.params_class is not None else None
+    ctx = BuildContext(SharedParams.from_options(opt), params, student, teacher,
+                       list(feat_s or []), list(feat_t or []), n_data)
+    return cls(ctx)
+
+
+def method_params_classes() -> list[type[Params]]:
+    """Each distinct ``params_class`` of the registered methods once, in the order of their
+    first method in :func:`method_names`."""
+    classes: list[type[Params]] = []
+    for name in method_names():
+        params_class = METHODS[name].params_class
+        if params_class is not None and params_class not in classes:
+            classes.append(params_class)
+    return classes
 
 
 def add_method_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags every registered method declares for its own hyper-parameters."""
-    for name in method_names():
-        METHODS[name].add_flags(parser)
+    """The flags of every registered method's own hyper-parameters, each class's once."""
+    for params_class in method_params_classes():
+        params_class.add_flags(parser)

@@ -1,7 +1,7 @@
 """Methods on the pooled embedding ``feats[-1]``: CRD, CC, RKD, PKT and SRRL."""
 from __future__ import annotations
 
-from argparse import Namespace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -9,12 +9,28 @@ import torch.nn as nn
 from helper.errors import UserError
 
 from ..cc import Correlation
-from ..crd import CRDLoss
+from ..crd import CRDConfig, CRDLoss
 from ..modules import LinearEmbed
 from ..pkt import PKT
 from ..rkd import RKDLoss
 from ..srrl import SRRL, SRRLLoss
-from .base import BuildContext, Distiller, Recipe, StepInputs, register_method, teacher_classifier
+from .base import (BuildContext, Distiller, Params, Recipe, StepInputs, param, register_method,
+                   teacher_classifier)
+
+
+@dataclass(frozen=True)
+class CRDParams(Params):
+    """CRD's hyper-parameters (Tian et al., ICLR 2020), defaults the CRD code's: the embedding
+    size ``feat_dim`` (also CC's), the negatives' sampling ``mode`` (read by the sample
+    loader), ``nce_k`` negatives, the temperature ``nce_t`` and the memory momentum ``nce_m``."""
+
+    title = "CRD"
+
+    feat_dim: int = param(128, int, "embedding dimension")
+    mode: str = param("exact", str, choices=["exact", "relax"])
+    nce_k: int = param(16384, int, "negative samples for NCE")
+    nce_t: float = param(0.07, float, "softmax temperature")
+    nce_m: float = param(0.5, float, "momentum of the memory bank")
 
 
 @register_method("crd")
@@ -27,6 +43,7 @@ class CRD(Distiller):
     """
 
     recipe = Recipe(1.0, 0.0, 0.8)
+    params_class = CRDParams
 
     needs_index = True
 
@@ -34,9 +51,10 @@ class CRD(Distiller):
         super().__init__(ctx)
         if ctx.n_data <= 0:
             raise UserError("crd needs the training-set size for its memory bank (n_data > 0)")
-        crd_opt = Namespace(**{**vars(ctx.opt), "s_dim": ctx.feat_s[-1].shape[1],
-                               "t_dim": ctx.feat_t[-1].shape[1], "n_data": ctx.n_data})
-        self.criterion_kd = CRDLoss(crd_opt)
+        p = ctx.params_as(CRDParams)
+        self.criterion_kd = CRDLoss(CRDConfig(
+            s_dim=int(ctx.feat_s[-1].shape[1]), t_dim=int(ctx.feat_t[-1].shape[1]), n_data=ctx.n_data,
+            feat_dim=p.feat_dim, nce_k=p.nce_k, nce_t=p.nce_t, nce_m=p.nce_m))
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.criterion_kd.embed_s, self.criterion_kd.embed_t]
@@ -53,11 +71,13 @@ class CC(Distiller):
     of both pooled features; both embeddings are trained with the student."""
 
     recipe = Recipe(1.0, 0.0, 0.02)
+    params_class = CRDParams  # its embeddings are --feat_dim wide
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
-        self.embed_s = LinearEmbed(ctx.feat_s[-1].shape[1], ctx.opt.feat_dim)
-        self.embed_t = LinearEmbed(ctx.feat_t[-1].shape[1], ctx.opt.feat_dim)
+        feat_dim = ctx.params_as(CRDParams).feat_dim
+        self.embed_s = LinearEmbed(ctx.feat_s[-1].shape[1], feat_dim)
+        self.embed_t = LinearEmbed(ctx.feat_t[-1].shape[1], feat_dim)
         self.criterion_kd = Correlation()
 
     def trainable_modules(self) -> list[nn.Module]:

@@ -5,6 +5,8 @@ Feature choice follows the CRD / KDrefine loops: ``feats[hint_layer]`` for FitNe
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
@@ -18,7 +20,17 @@ from ..nst import NSTLoss
 from ..semckd import SelfA, SemCKDLoss
 from ..sp import Similarity
 from ..vid import VIDLoss
-from .base import BuildContext, Distiller, Recipe, StepInputs, inner, register_method, sum_terms
+from .base import (BuildContext, Distiller, Params, Recipe, StepInputs, inner, param, register_method,
+                   sum_terms)
+
+
+@dataclass(frozen=True)
+class HintParams(Params):
+    """FitNet's hint layer: the index into the ``is_feat=True`` features of both networks."""
+
+    title = "FitNet (--distill hint)"
+
+    hint_layer: int = param(2, int, choices=[0, 1, 2, 3, 4])
 
 
 @register_method("hint")
@@ -27,10 +39,11 @@ class Hint(Distiller):
     MSE to the teacher's (single stage, as in the CRD benchmark)."""
 
     recipe = Recipe(1.0, 0.0, 100.0)
+    params_class = HintParams
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
-        layer = int(ctx.opt.hint_layer)
+        layer = int(ctx.params_as(HintParams).hint_layer)
         n = min(len(ctx.feat_s), len(ctx.feat_t))
         if not -n <= layer < n:
             raise UserError(f"--hint_layer {layer} is out of range: the student has "
@@ -143,7 +156,7 @@ class SemCKD(Distiller):
     """Semantic calibration (Chen et al., AAAI 2021): ``SelfA`` attention over all student x
     teacher layer pairs of ``feats[1:-1]`` and the attention-weighted MSE.
 
-    As in KDrefine, ``SelfA`` is sized for ``opt.batch_size`` (64 when absent) with ``soft = 1``;
+    As in KDrefine, ``SelfA`` is sized for ``--batch_size`` (:class:`SharedParams`) with ``soft = 1``;
     the loop must drop an incomplete last batch (``needs_full_batches``).
     """
 
@@ -155,7 +168,7 @@ class SemCKD(Distiller):
         super().__init__(ctx)
         s_n = [f.shape[1] for f in inner(ctx.feat_s)]
         t_n = [f.shape[1] for f in inner(ctx.feat_t)]
-        self.batch_size = int(getattr(ctx.opt, "batch_size", 64))
+        self.batch_size = int(ctx.shared.batch_size)
         self.self_attention = SelfA(self.batch_size, s_n, t_n, 1)
         self.criterion_kd = SemCKDLoss()
 

@@ -1,14 +1,27 @@
 """Logit-only methods: KD, KDrefine's standardized KD, and DKD."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..dkd import DKDLoss
 from ..kd import standardize_logits
-from .base import BuildContext, Distiller, Recipe, StepInputs, register_method
+from .base import BuildContext, Distiller, Params, Recipe, StepInputs, param, register_method
+
+
+@dataclass(frozen=True)
+class DKDParams(Params):
+    """DKD's hyper-parameters (Zhao et al., CVPR 2022), defaults the paper's CIFAR ones."""
+
+    title = "DKD (--distill dkd)"
+
+    dkd_alpha: float = param(1.0, float, "weight of TCKD")
+    dkd_beta: float = param(8.0, float, "weight of NCKD (the DKD authors use 8 for most CIFAR "
+                                         "pairs, 2 to 6 for some)")
+    dkd_T: float = param(4.0, float, "temperature of the DKD loss")
+    dkd_warmup: int = param(20, int, "epochs over which the DKD loss is ramped up linearly")
 
 
 @register_method("kd")
@@ -59,22 +72,13 @@ class DKD(Distiller):
     needs_feats = False
     supports_logit_stand = True
     recipe = Recipe(1.0, 0.0, 1.0, source="DKD (Zhao et al., CVPR 2022): CE weight 1, DKD loss weight 1")
-
-    @classmethod
-    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("DKD (--distill dkd)")
-        group.add_argument("--dkd_alpha", type=float, default=1.0, help="weight of TCKD")
-        group.add_argument("--dkd_beta", type=float, default=8.0,
-                           help="weight of NCKD (the DKD authors use 8 for most CIFAR pairs, 2 to 6 for some)")
-        group.add_argument("--dkd_T", type=float, default=4.0, help="temperature of the DKD loss")
-        group.add_argument("--dkd_warmup", type=int, default=20,
-                           help="epochs over which the DKD loss is ramped up linearly")
+    params_class = DKDParams
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
-        opt = ctx.opt
-        self.criterion_kd = DKDLoss(alpha=opt.dkd_alpha, beta=opt.dkd_beta, temperature=opt.dkd_T,
-                                    warmup=opt.dkd_warmup, logit_stand=self.logit_stand)
+        p = ctx.params_as(DKDParams)
+        self.criterion_kd = DKDLoss(alpha=p.dkd_alpha, beta=p.dkd_beta, temperature=p.dkd_T,
+                                    warmup=p.dkd_warmup, logit_stand=self.logit_stand)
 
     def kd_loss(self, x: StepInputs) -> torch.Tensor:
         return self.criterion_kd(x.logit_s, x.logit_t, x.target, x.epoch)

@@ -73,15 +73,11 @@ class FT(Distiller):
     def init_modules(self, student: nn.Module) -> list[nn.Module]:
         return [self.paraphraser]
 
-    #: Students whose paraphraser init stage the CRD code runs at lr 0.01 (``helper/pretrain.py``).
-    LOW_INIT_LR_STUDENTS = frozenset({
-        "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-        "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"})
-
-    def init_learning_rate(self, opt) -> float:
-        if getattr(opt, "model_s", None) in self.LOW_INIT_LR_STUDENTS:
-            return 0.01
-        return opt.learning_rate
+    def init_learning_rate(self, learning_rate: float, low_init_lr: bool) -> float:
+        """The CRD code's ``helper/pretrain.py`` trains the paraphraser at 0.01 for the students
+        it lists (``low_init_lr``: the ResNets and WRNs of the benchmark), else at the main
+        stage's ``learning_rate``."""
+        return 0.01 if low_init_lr else learning_rate
 
     def init_loss(self, feat_s: Feats, feat_t: Feats) -> torch.Tensor:
         f_t = feat_t[-2]

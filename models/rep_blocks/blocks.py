@@ -1,4 +1,4 @@
-"""Re-parameterizable conv+BN blocks, their registry, and the one model converter.
+"""The re-parameterizable conv+BN blocks.
 
 Every block here is trained as a sum of parallel conv+BN branches and converted, after training,
 into one KxK conv with a bias (structural re-parameterization):
@@ -39,65 +39,18 @@ Departures from the original code (KDrefine's ``convnet_utils.py``/``ambb.py``):
 """
 from __future__ import annotations
 
-import functools
-from typing import Callable, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from helper.errors import UserError
+from ..fusion import add_branches, add_identity, embed_center, fuse_bn_module, stack_branches
+from .kernels import batch_norm_branches, bn_fusion_mode
+from .registry import register_block_type
 
-from .fusion import add_branches, add_identity, embed_center, fuse_bn_module, stack_branches, \
-    unstack_branches
-
-__all__ = [
-    "Branch",
-    "ConvBN",
-    "RepBlock",
-    "AMBB",
-    "ACB",
-    "RepVGGBlock",
-    "BLOCK_TYPES",
-    "DEFAULT_BLOCKTYPE",
-    "register_block_type",
-    "get_block_type",
-    "make_conv_bn",
-    "block_factory",
-    "ConvBNFactory",
-    "reparameterize_model",
-    "set_fused",
-]
-
-DEFAULT_BLOCKTYPE = "AMBB"
-BLOCK_TYPES: dict[str, type[nn.Module]] = {}
-
-#: What the model constructors call to build a conv+BN: ``(in, out, k, stride=, padding=,
-#: groups=, nonlinear=) -> module``; made by :func:`block_factory`.
-ConvBNFactory = Callable[..., nn.Module]
-
-
-def register_block_type(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator adding a block to :data:`BLOCK_TYPES` under ``name``."""
-
-    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in BLOCK_TYPES:
-            raise ValueError(f"block type {name!r} registered twice")
-        BLOCK_TYPES[name] = cls
-        return cls
-
-    return decorator
-
-
-def get_block_type(name: str) -> type[nn.Module]:
-    """The block class registered as ``name``; else a :class:`UserError` listing the known ones."""
-    try:
-        return BLOCK_TYPES[name]
-    except KeyError:
-        known = ", ".join(sorted(BLOCK_TYPES))
-        raise UserError(f"unknown block type {name!r} (--blocktype); known block types: {known}") \
-            from None
+__all__ = ["Branch", "ConvBN", "RepBlock", "AMBB", "ACB", "RepVGGBlock"]
 
 
 class Branch(NamedTuple):
@@ -105,10 +58,6 @@ class Branch(NamedTuple):
 
     conv: nn.Conv2d | None
     bn: nn.BatchNorm2d
-
-
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +71,12 @@ class ConvBN(nn.Module):
     ``nonlinear`` (e.g. ``nn.ReLU()``) is applied to the output; ``fused`` is accepted for a
     uniform interface and has nothing to fuse in a single branch.
     """
+
+    @classmethod
+    def key_markers(cls) -> dict[str, tuple[str, ...]]:
+        """Submodule names that only this block's ``"train"`` / ``"deploy"`` form puts in a
+        state dict: none, since ``conv``/``bn`` keys look like any plain conv+BN pair's."""
+        return {"train": (), "deploy": ()}
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int = 1, padding: int | tuple[int, int] = 0, dilation: int = 1,
@@ -189,6 +144,15 @@ class RepBlock(nn.Module):
     """
 
     branch_names: tuple[str, ...] = ()
+    #: The attribute holding the deploy-form conv (the same for every multi-branch block).
+    deploy_names: ClassVar[tuple[str, ...]] = ("tdb_reparam",)
+
+    @classmethod
+    def key_markers(cls) -> dict[str, tuple[str, ...]]:
+        """Submodule names that only this block's ``"train"`` form (its ``branch_names``) or its
+        ``"deploy"`` form (``tdb_reparam``) puts in a state dict, so that a file's form can be
+        told from its keys (:func:`models.rep_blocks.state_dict_forms`)."""
+        return {"train": cls.branch_names, "deploy": cls.deploy_names}
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int | None = None, dilation: int = 1, groups: int = 1,
@@ -293,7 +257,7 @@ class RepBlock(nn.Module):
         if not self.fused:
             return self.nonlinear(self._forward_separate(x))
         branches = self.branches()
-        mode = _bn_fusion_mode([b.bn for b in branches])
+        mode = bn_fusion_mode([b.bn for b in branches])
         if mode == "train" and self.fused == "auto" and x.device.type == "cpu":
             out = self._forward_separate(x)  # see the module docstring: faster on CPUs
         elif mode == "train":
@@ -331,82 +295,8 @@ class RepBlock(nn.Module):
         if len(convs) < len(branches):  # identity branch (last): its "output" is the input
             y = torch.cat([y.reshape(n, g, len(convs), c, h, w), x.reshape(n, g, 1, c, h, w)], 2)
             y = y.reshape(n, -1, h, w)
-        y = _batch_norm_branches(y, [b.bn for b in branches], g)
+        y = batch_norm_branches(y, [b.bn for b in branches], g)
         return y.reshape(n, g, len(branches), c, h, w).sum(2).reshape(n, out_ch, h, w)
-
-
-def _bn_fusion_mode(bns: list[nn.BatchNorm2d]) -> str | None:
-    """'train' / 'eval' when the branch BNs can be computed as one, else None.
-
-    They must agree in mode, eps, momentum and tracking; in train mode with cumulative averaging
-    (``momentum=None``) also in ``num_batches_tracked``; in eval mode they need running stats.
-    """
-    first = bns[0]
-    for bn in bns[1:]:
-        if (bn.training != first.training or bn.eps != first.eps or bn.momentum != first.momentum
-                or bn.track_running_stats != first.track_running_stats
-                or bn.affine != first.affine):
-            return None
-    if not first.affine:
-        return None
-    if first.training:
-        if first.track_running_stats and first.momentum is None:
-            counts = {int(bn.num_batches_tracked) for bn in bns}
-            if len(counts) > 1:
-                return None
-        return "train"
-    if first.running_mean is None:
-        return None
-    return "eval"
-
-
-def _batch_norm_branches(y: Tensor, bns: list[nn.BatchNorm2d], groups: int) -> Tensor:
-    """Train-mode BN of the stacked branch output ``y`` (channels ``(g, branch, c)``).
-
-    Same statistics, outputs, gradients and running-stat updates as each ``bns[b]`` applied to
-    its own chunk (what ``nn.BatchNorm2d.forward`` does in train mode).
-    """
-    first = bns[0]
-    weight = stack_branches([bn.weight for bn in bns], groups)
-    bias = stack_branches([bn.bias for bn in bns], groups)
-    if not first.track_running_stats:
-        return F.batch_norm(y, None, None, weight, bias, True, 0.0, first.eps)
-    _add_([bn.num_batches_tracked for bn in bns], 1)
-    factor = first.momentum if first.momentum is not None else \
-        1.0 / float(first.num_batches_tracked)
-    running_mean = stack_branches([bn.running_mean for bn in bns], groups)
-    running_var = stack_branches([bn.running_var for bn in bns], groups)
-    out = F.batch_norm(y, running_mean, running_var, weight, bias, True, factor, first.eps)
-    with torch.no_grad():
-        means = unstack_branches(running_mean, len(bns), groups).unbind(0)
-        variances = unstack_branches(running_var, len(bns), groups).unbind(0)
-        _copy_([bn.running_mean for bn in bns] + [bn.running_var for bn in bns],
-               list(means) + list(variances))
-    return out
-
-
-def _under_vmap(tensor: Tensor) -> bool:
-    """Whether ``tensor`` is batched by ``torch.func.vmap`` (stacked ``--trials`` students):
-    the multi-tensor ``_foreach_*`` kernels have no batching rule there."""
-    return torch._C._functorch.is_batchedtensor(tensor)
-
-
-def _add_(tensors: list[Tensor], value: int) -> None:
-    """In-place ``t += value`` for each tensor (one multi-tensor kernel outside vmap)."""
-    if _under_vmap(tensors[0]):
-        for t in tensors:
-            t.add_(value)
-    else:
-        torch._foreach_add_(tensors, value)
-
-
-def _copy_(targets: list[Tensor], sources: list[Tensor]) -> None:
-    """In-place ``t.copy_(s)`` pairwise (one multi-tensor kernel outside vmap)."""
-    if _under_vmap(targets[0]):
-        for t, s in zip(targets, sources):
-            t.copy_(s)
-    else:
-        torch._foreach_copy_(targets, sources)
 
 
 @register_block_type("AMBB")
@@ -491,55 +381,3 @@ class RepVGGBlock(RepBlock):
         if self.rbr_identity is not None:
             branches.append(Branch(None, self.rbr_identity))
         return branches
-
-
-# --------------------------------------------------------------------------------------------
-# factory and model-level helpers
-# --------------------------------------------------------------------------------------------
-def make_conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int | None = None, dilation: int = 1, groups: int = 1, *,
-                 blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False, fused: bool | str = "auto",
-                 nonlinear: nn.Module | None = None) -> nn.Module:
-    """A conv+BN of the given block type (KDrefine's ``conv_bn``/``conv_bn_relu``).
-
-    As in the original, a 1x1 kernel or one of 7 or more always gives :class:`ConvBN`.
-    ``padding`` defaults to 'same' (``dilation * (kernel_size // 2)``); ``nonlinear`` (e.g.
-    ``nn.ReLU(inplace=True)``) is applied after the sum of the branches.
-    """
-    cls = get_block_type(blocktype)
-    if kernel_size == 1 or kernel_size >= 7:
-        cls = ConvBN
-    if padding is None:
-        padding = dilation * (kernel_size // 2)
-    return cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-               dilation=dilation, groups=groups, deploy=deploy, fused=fused, nonlinear=nonlinear)
-
-
-def block_factory(blocktype: str = DEFAULT_BLOCKTYPE, deploy: bool = False,
-                  fused: bool | str = "auto") -> ConvBNFactory:
-    """:func:`make_conv_bn` with the block settings bound; checks ``blocktype`` now."""
-    get_block_type(blocktype)
-    return functools.partial(make_conv_bn, blocktype=blocktype, deploy=deploy, fused=fused)
-
-
-def reparameterize_model(model: nn.Module) -> nn.Module:
-    """Convert every block of ``model`` to its deploy form, in place; returns ``model``.
-
-    Calls ``switch_to_deploy()`` on every submodule that has one (as KDrefine's ``convert.py``
-    and timm's ``reparameterize_model`` do). Calling it again changes nothing. Plain conv+BN pairs
-    outside the blocks (e.g. ResNet downsample shortcuts) are left as they are, as in the original.
-    """
-    for module in list(model.modules()):
-        switch = getattr(module, "switch_to_deploy", None)
-        if callable(switch):
-            switch()
-    return model
-
-
-def set_fused(model: nn.Module, fused: bool | str) -> nn.Module:
-    """Switch every block of ``model`` between the fused (True), the separate-branch (False) and
-    the device-dependent (``"auto"``: fused training on accelerators) forward."""
-    for module in model.modules():
-        if isinstance(module, (ConvBN, RepBlock)):
-            module.fused = fused
-    return model

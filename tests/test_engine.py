@@ -1,0 +1,86 @@
+"""One engine: every optimizer step of every way of training (teacher, student run, trials with a
+shared teacher or stacked students, the init stage of two-stage methods) is taken inside
+:func:`engine.fit.fit` → :func:`engine.fit.run_epoch`, and the main training's step lies at most
+four project frames below the entry script's ``main``."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+import torch
+
+import train_student
+import train_teacher
+from tests.cli_helpers import FAST, student_args, teacher_workdir
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(PROJECT, "tests")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return teacher_workdir(tmp_path_factory, "engine")
+
+
+class Stop(Exception):
+    """Raised at the n-th optimizer step, to end the run there."""
+
+
+def project_frames_below_main(stack: list[inspect.FrameInfo]) -> list[str]:
+    """The functions of project code between the entry script's ``main`` and the optimizer
+    step (innermost first), leaving out torch's wrappers and this test's recorder."""
+    names = [f.function for f in stack]
+    main = names.index("main")
+    inner = stack[1:main]  # stack[0] is the recorder
+    return [f.function for f in inner
+            if f.filename.startswith(PROJECT) and not f.filename.startswith(TESTS)]
+
+
+def record_steps(monkeypatch, stop_after: int | None = None) -> list[list[str]]:
+    """Patch SGD.step to record the project frames of each call (then step); with
+    ``stop_after``, raise :class:`Stop` at that call."""
+    calls: list[list[str]] = []
+    original = torch.optim.SGD.step
+
+    def recording(self, *args, **kwargs):
+        calls.append(project_frames_below_main(inspect.stack()))
+        if stop_after is not None and len(calls) >= stop_after:
+            raise Stop
+        return original(self, *args, **kwargs)
+
+    recording.hooked = True  # torch's step hooks wrap it otherwise; they are not ours to count
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    return calls
+
+
+@pytest.mark.parametrize("extra", [[], ["--trials", "2", "--trials_mode", "shared_teacher"],
+                                   ["--trials", "2", "--trials_mode", "stacked"]],
+                         ids=["single", "shared_teacher", "stacked"])
+def test_student_step_is_four_frames_below_main(workdir, monkeypatch, extra):
+    monkeypatch.chdir(workdir)
+    calls = record_steps(monkeypatch, stop_after=1)
+    with pytest.raises(Stop):
+        train_student.main(student_args("--distill", "kd", "--epochs", "1", "--overwrite", *extra))
+    assert calls[0][::-1] == ["fit", "run_epoch", "step", "optimize"], calls[0]
+
+
+def test_teacher_step_is_four_frames_below_main(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    calls = record_steps(monkeypatch, stop_after=1)
+    with pytest.raises(Stop):
+        train_teacher.main(["--model", "resnet8", "--epochs", "1", "--trial", "frames", *FAST])
+    assert calls[0][::-1] == ["fit", "run_epoch", "step", "optimize"], calls[0]
+
+
+def test_the_init_stage_runs_in_the_same_loop(workdir, monkeypatch):
+    """FSP's init stage and its main stage: every step goes through fit and run_epoch."""
+    monkeypatch.chdir(workdir)
+    calls = record_steps(monkeypatch)
+    train_student.main(student_args("--distill", "fsp", "--epochs", "1", "--init_epochs", "1",
+                                    "--overwrite"))
+    init = [c for c in calls if "run_init_stage" in c]
+    main_stage = [c for c in calls if "run_init_stage" not in c]
+    assert init and main_stage
+    for frames in calls:
+        assert frames[:4] == ["optimize", "step", "run_epoch", "fit"], frames
