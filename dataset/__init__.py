@@ -4,6 +4,11 @@ stand-in) and ``imagenet`` (an ImageFolder tree, :mod:`dataset.imagenet`; its cl
 read from the folder). Unknown names raise :class:`helper.errors.UserError` listing the known
 ones.
 
+What each set is (classes, statistics, schedule, loaders, model zoo) is its
+:class:`dataset.registry.DatasetSpec`; the functions here ask :func:`dataset_spec` and never
+branch on a name. The loader arguments are declared once, in
+:class:`dataset.loaders.LoaderOptions`.
+
 Every loader function takes ``rank`` and ``world_size``: in a data-parallel run each process
 reads its shard of every training epoch and an exact shard of the test split
 (:mod:`dataset.sharding`).
@@ -11,60 +16,35 @@ reads its shard of every training epoch and an exact shard of the test split
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from dataset import cifar100, digits, imagenet
-from dataset.device_loader import DeviceLoader
-from dataset.loaders import LOADER_KINDS, Loader
+from dataset.loaders import LOADER_KINDS, ContrastConfig, Loader, LoaderOptions
+from dataset.registry import (CIFAR_SCHEDULE, DATASETS, IMAGENET_SCHEDULE, DatasetSpec, Schedule,
+                              dataset_spec)
 from helper.errors import UserError
 
-#: name -> number of classes (None: read from the data folder)
-DATASETS: dict[str, int | None] = {"cifar100": cifar100.NUM_CLASSES, "digits": digits.NUM_CLASSES,
-                                   "imagenet": None}
-
-_LOADERS: dict[str, Callable[..., tuple[Loader, Loader, int]]] = {
-    "cifar100": cifar100.get_cifar100_dataloaders,
-    "digits": digits.get_digits_dataloaders,
-    "imagenet": imagenet.get_imagenet_loaders,
-}
-_SAMPLE_LOADERS: dict[str, Callable[..., tuple[Loader, Loader, int]]] = {
-    "cifar100": cifar100.get_cifar100_dataloaders_sample,
-    "digits": digits.get_digits_dataloaders_sample,
-}
-
-__all__ = ["DATASETS", "LOADER_KINDS", "default_loader", "get_dataloaders",
-           "get_sample_dataloaders", "get_test_loader", "load_test_split", "num_classes",
-           "normalization", "sample_k"]
-
-
-def _check(dataset: str) -> str:
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    return dataset
+__all__ = ["CIFAR_SCHEDULE", "DATASETS", "IMAGENET_SCHEDULE", "LOADER_KINDS", "ContrastConfig",
+           "DatasetSpec", "LoaderOptions", "Schedule", "dataset_spec", "default_loader",
+           "get_dataloaders", "get_sample_dataloaders", "get_test_loader", "load_test_split",
+           "num_classes", "normalization", "sample_k"]
 
 
 def num_classes(dataset: str, data_folder: str | Path = "./data") -> int:
     """Number of classes of ``dataset`` (ImageNet: class folders under ``data_folder``)."""
-    count = DATASETS[_check(dataset)]
-    return imagenet.num_imagenet_classes(str(data_folder)) if count is None else count
+    return dataset_spec(dataset).num_classes(data_folder)
 
 
 def default_loader(dataset: str) -> str:
     """The loader kind used when ``--loader`` is not given: ``device`` for the in-memory sets,
     ``torchvision`` for ImageNet's JPEG folders."""
-    return "torchvision" if _check(dataset) == "imagenet" else "device"
+    return dataset_spec(dataset).default_loader
 
 
 def normalization(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) used to normalize ``dataset`` (on the [0, 1] scale)."""
-    if _check(dataset) == "cifar100":
-        return cifar100.MEAN, cifar100.STD
-    if dataset == "imagenet":
-        return imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD
-    return digits.digits_normalization()
+    return dataset_spec(dataset).normalization()
 
 
 def get_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,
@@ -75,11 +55,12 @@ def get_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,
     """(train_loader, test_loader, n_data) of ``dataset`` for process ``rank`` of
     ``world_size``; with ``is_instance`` train batches are ``(images, targets, indices)``.
     ``loader=None`` picks :func:`default_loader`."""
-    return _LOADERS[_check(dataset)](
-        batch_size=batch_size, num_workers=num_workers, is_instance=is_instance,
-        data_folder=data_folder, loader=loader or default_loader(dataset), device=device,
-        seed=seed, channels_last=channels_last, drop_last=drop_last, rank=rank,
-        world_size=world_size)
+    spec = dataset_spec(dataset)
+    return spec.loaders(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
+        loader=loader or spec.default_loader, device=device, seed=seed,
+        channels_last=channels_last, drop_last=drop_last, rank=rank, world_size=world_size,
+        is_instance=is_instance))
 
 
 def get_sample_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,
@@ -91,44 +72,37 @@ def get_sample_dataloaders(dataset: str, batch_size: int = 64, num_workers: int 
                            ) -> tuple[Loader, Loader, int]:
     """CRD loaders of ``dataset``: train batches ``(images, targets, indices, contrast_idx)``,
     the indices referring to the whole training split (also in a sharded, multi-process run)."""
-    if _check(dataset) not in _SAMPLE_LOADERS:
+    spec = dataset_spec(dataset)
+    if spec.sample_loaders is None:
+        able = [name for name in DATASETS if dataset_spec(name).sample_loaders is not None]
         raise UserError(f"contrastive sampling (--distill crd) is not available for --dataset "
-                        f"{dataset}; it is for: {', '.join(_SAMPLE_LOADERS)}")
-    return _SAMPLE_LOADERS[dataset](
-        batch_size=batch_size, num_workers=num_workers, k=k, mode=mode, is_sample=is_sample,
-        percent=percent, data_folder=data_folder, loader=loader or default_loader(dataset),
-        device=device, seed=seed, channels_last=channels_last, drop_last=drop_last, rank=rank,
-        world_size=world_size)
+                        f"{dataset}; it is for: {', '.join(able)}")
+    options = LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
+        loader=loader or spec.default_loader, device=device, seed=seed,
+        channels_last=channels_last, drop_last=drop_last, rank=rank, world_size=world_size)
+    return spec.sample_loaders(options, ContrastConfig(k=k, mode=mode, is_sample=is_sample,
+                                                       percent=percent))
 
 
 def sample_k(dataset: str, k: int, percent: float = 1.0) -> int:
     """The number of CRD negatives per sample that :func:`get_sample_dataloaders` yields for a
     requested ``k`` (digits caps it to what its small training split allows)."""
-    if _check(dataset) == "digits":
-        return digits.digits_sample_k(k, percent)
-    return k
+    return dataset_spec(dataset).sample_k(k, percent)
 
 
 def load_test_split(dataset: str, data_folder: str | Path = "./data") -> tuple[Tensor, Tensor]:
-    """Test images as a uint8 (N, 3, 32, 32) tensor and their int64 labels (in-memory sets)."""
-    if _check(dataset) == "imagenet":
-        raise UserError("ImageNet's validation split is read from JPEG folders, not held in "
-                        "memory; use get_test_loader('imagenet', ...)")
-    if dataset == "cifar100":
-        return cifar100.load_cifar100_test(data_folder)
-    return digits.load_digits_test()
+    """Test images as a uint8 (N, 3, 32, 32) tensor and their int64 labels (in-memory sets;
+    ImageNet's JPEG folders raise a :class:`UserError`)."""
+    return dataset_spec(dataset).test_split(data_folder)
 
 
 def get_test_loader(dataset: str, batch_size: int = 64, num_workers: int = 0,
-                    data_folder: str | Path = "./data", device: torch.device | str = "cpu"):
+                    data_folder: str | Path = "./data",
+                    device: torch.device | str = "cpu") -> Loader:
     """The test split alone, unaugmented and in order (for ``validation.py``): reads only the
     test file, not the training set. ``num_workers`` is accepted for the CLI and unused (the
     data is already decoded in memory) except for ImageNet, whose ``val`` folder is read by a
     DataLoader with that many workers."""
-    if _check(dataset) == "imagenet":
-        return imagenet.get_imagenet_val_loader(str(data_folder), batch_size=batch_size,
-                                                num_workers=num_workers)
-    images, labels = load_test_split(dataset, data_folder)
-    mean, std = normalization(dataset)
-    return DeviceLoader(images, labels, batch_size=batch_size, mean=mean, std=std, shuffle=False,
-                        augment=False, device=device)
+    return dataset_spec(dataset).test_loader(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder, device=device))

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torchvision.datasets.utils import check_integrity, download_url, extract_archive
 
-from dataset.loaders import ContrastConfig, ImageData, Loader, build_loaders, check_options
+from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
+                             check_options, memory_test_loader)
 from helper.errors import UserError
 from helper.safe_pickle import RefusedGlobal, numpy_array_globals, restricted_load
 
@@ -237,6 +238,25 @@ def load_cifar100_test(data_folder: str | Path = "./data") -> tuple[Tensor, Tens
             torch.from_numpy(labels))
 
 
+def cifar100_loaders(options: LoaderOptions) -> tuple[Loader, Loader, int]:
+    """CIFAR-100 train/test loaders and ``n_data`` for ``options``."""
+    check_options(options.loader)
+    return build_loaders(load_cifar100(options.data_folder), options)
+
+
+def cifar100_sample_loaders(options: LoaderOptions, contrast: ContrastConfig
+                            ) -> tuple[Loader, Loader, int]:
+    """CIFAR-100 loaders for CRD with ``contrast`` sampling, for ``options``."""
+    check_options(options.loader, contrast)
+    return build_loaders(load_cifar100(options.data_folder), options, contrast)
+
+
+def cifar100_test_loader(options: LoaderOptions) -> Loader:
+    """The test split alone, unaugmented and in order; reads only the ``test`` file."""
+    images, labels = load_cifar100_test(options.data_folder)
+    return memory_test_loader(images, labels, MEAN, STD, options)
+
+
 def get_cifar100_dataloaders(batch_size: int = 64, num_workers: int = 8,
                              is_instance: bool = False, data_folder: str | Path = "./data",
                              loader: str = "device", device: torch.device | str = "cpu",
@@ -245,11 +265,10 @@ def get_cifar100_dataloaders(batch_size: int = 64, num_workers: int = 8,
                              ) -> tuple[Loader, Loader, int]:
     """CIFAR-100 train/test loaders and ``n_data``; with ``is_instance`` train batches are
     ``(images, targets, indices)``."""
-    check_options(loader)
-    return build_loaders(load_cifar100(data_folder), batch_size=batch_size,
-                         num_workers=num_workers, loader=loader, device=device, seed=seed,
-                         is_instance=is_instance, channels_last=channels_last, drop_last=drop_last,
-                         rank=rank, world_size=world_size)
+    return cifar100_loaders(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder, loader=loader,
+        device=device, seed=seed, channels_last=channels_last, drop_last=drop_last, rank=rank,
+        world_size=world_size, is_instance=is_instance))
 
 
 def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k: int = 16384,
@@ -261,9 +280,8 @@ def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, 
                                     ) -> tuple[Loader, Loader, int]:
     """CIFAR-100 loaders for CRD: train batches ``(images, targets, indices, contrast_idx)``
     with ``contrast_idx`` (B, k + 1), see :mod:`dataset.contrast`."""
-    contrast = ContrastConfig(k=k, mode=mode, is_sample=is_sample, percent=percent)
-    check_options(loader, contrast)
-    return build_loaders(load_cifar100(data_folder), batch_size=batch_size,
-                         num_workers=num_workers, loader=loader, device=device, seed=seed,
-                         contrast=contrast, channels_last=channels_last, drop_last=drop_last,
-                         rank=rank, world_size=world_size)
+    return cifar100_sample_loaders(
+        LoaderOptions(batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
+                      loader=loader, device=device, seed=seed, channels_last=channels_last,
+                      drop_last=drop_last, rank=rank, world_size=world_size),
+        ContrastConfig(k=k, mode=mode, is_sample=is_sample, percent=percent))

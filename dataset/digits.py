@@ -11,14 +11,15 @@ symbol), normalized with the training split's own mean and std.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dataset.loaders import (ContrastConfig, ImageData, Loader, build_loaders, check_options,
-                             to_nchw)
+from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
+                             check_options, memory_test_loader, to_nchw)
 
 NUM_CLASSES = 10
 SPLIT_SEED = 0
@@ -57,8 +58,9 @@ def digits_normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
     return data.mean, data.std
 
 
-def load_digits_test() -> tuple[Tensor, Tensor]:
-    """Test split as (uint8 (360, 3, 32, 32) tensor, int64 labels tensor)."""
+def load_digits_test(data_folder: str | Path = "./data") -> tuple[Tensor, Tensor]:
+    """Test split as (uint8 (360, 3, 32, 32) tensor, int64 labels tensor); ``data_folder``
+    unused (the set ships with scikit-learn)."""
     data = load_digits_data()
     return to_nchw(data.test_images), torch.from_numpy(data.test_labels)
 
@@ -78,6 +80,30 @@ def digits_sample_k(k: int, percent: float = 1.0) -> int:
     return min(k, max_negatives(load_digits_data().train_labels, percent))
 
 
+def digits_loaders(options: LoaderOptions) -> tuple[Loader, Loader, int]:
+    """Digits train/test loaders and ``n_data`` for ``options`` (``data_folder`` unused)."""
+    check_options(options.loader)
+    return build_loaders(load_digits_data(), options)
+
+
+def digits_sample_loaders(options: LoaderOptions, contrast: ContrastConfig
+                          ) -> tuple[Loader, Loader, int]:
+    """Digits loaders for CRD; ``contrast.k`` is capped silently to :func:`max_negatives` of
+    the training split and ``contrast.percent`` (see :func:`digits_sample_k`)."""
+    check_options(options.loader, contrast)
+    data = load_digits_data()
+    capped = min(contrast.k, max_negatives(data.train_labels, contrast.percent))
+    return build_loaders(data, options, replace(contrast, k=capped))
+
+
+def digits_test_loader(options: LoaderOptions) -> Loader:
+    """The test split alone, unaugmented and in order, normalized with the training split's
+    statistics."""
+    data = load_digits_data()
+    return memory_test_loader(to_nchw(data.test_images), torch.from_numpy(data.test_labels),
+                              data.mean, data.std, options)
+
+
 def get_digits_dataloaders(batch_size: int = 64, num_workers: int = 8,
                            is_instance: bool = False, data_folder: str | Path = "./data",
                            loader: str = "device", device: torch.device | str = "cpu",
@@ -86,11 +112,10 @@ def get_digits_dataloaders(batch_size: int = 64, num_workers: int = 8,
                            ) -> tuple[Loader, Loader, int]:
     """Digits train/test loaders and ``n_data`` (``data_folder`` unused: the set ships with
     scikit-learn)."""
-    check_options(loader)
-    return build_loaders(load_digits_data(), batch_size=batch_size, num_workers=num_workers,
-                         loader=loader, device=device, seed=seed, is_instance=is_instance,
-                         channels_last=channels_last, drop_last=drop_last,
-                         rank=rank, world_size=world_size)
+    return digits_loaders(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder, loader=loader,
+        device=device, seed=seed, channels_last=channels_last, drop_last=drop_last, rank=rank,
+        world_size=world_size, is_instance=is_instance))
 
 
 def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k: int = 16384,
@@ -103,11 +128,8 @@ def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k:
     """Digits loaders for CRD. ``k`` is capped silently to :func:`max_negatives` of the training
     split and ``percent`` (see :func:`digits_sample_k`), so negatives are always drawn without
     replacement; size the CRD memory with the capped value."""
-    check_options(loader, ContrastConfig(k=k, mode=mode))
-    data = load_digits_data()
-    contrast = ContrastConfig(k=min(k, max_negatives(data.train_labels, percent)), mode=mode,
-                              is_sample=is_sample, percent=percent)
-    return build_loaders(data, batch_size=batch_size, num_workers=num_workers, loader=loader,
-                         device=device, seed=seed, contrast=contrast,
-                         channels_last=channels_last, drop_last=drop_last,
-                         rank=rank, world_size=world_size)
+    return digits_sample_loaders(
+        LoaderOptions(batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
+                      loader=loader, device=device, seed=seed, channels_last=channels_last,
+                      drop_last=drop_last, rank=rank, world_size=world_size),
+        ContrastConfig(k=k, mode=mode, is_sample=is_sample, percent=percent))

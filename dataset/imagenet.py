@@ -16,10 +16,13 @@ of the training set and an exact shard of the validation set.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
+from torch import Tensor
 from torchvision import datasets, transforms
 
+from dataset.loaders import LoaderOptions
 from dataset.sharding import Shard
 from dataset.torchvision_loader import TorchvisionLoader
 from helper.errors import UserError
@@ -72,21 +75,54 @@ def num_imagenet_classes(data_folder: str) -> int:
                     f"expected {LAYOUT}")
 
 
-def _loader(dataset, *, shuffle: bool, batch_size: int, num_workers: int, seed: int, shard: Shard,
-            channels_last: bool = False, drop_last: bool = False) -> TorchvisionLoader:
-    return TorchvisionLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                             num_workers=num_workers, seed=seed,
-                             pin_memory=torch.cuda.is_available(), channels_last=channels_last,
-                             drop_last=drop_last, shard=shard, persistent_workers=num_workers > 0)
+def _loader(dataset: datasets.ImageFolder, options: LoaderOptions, *, shuffle: bool,
+            shard: Shard, drop_last: bool = False) -> TorchvisionLoader:
+    return TorchvisionLoader(dataset, batch_size=options.batch_size, shuffle=shuffle,
+                             num_workers=options.num_workers, seed=options.seed,
+                             pin_memory=torch.cuda.is_available(),
+                             channels_last=options.channels_last, drop_last=drop_last,
+                             shard=shard, persistent_workers=options.num_workers > 0)
+
+
+def imagenet_test_loader(options: LoaderOptions) -> TorchvisionLoader:
+    """The validation split alone (``<data_folder>/val``), in order; an exact shard of it for
+    process ``options.rank`` of ``options.world_size`` (``loader`` and ``device`` unused)."""
+    val_set = _image_folder(os.path.join(str(options.data_folder), "val"), False, False)
+    return _loader(val_set, options, shuffle=False,
+                   shard=options.shard(pad=False))
 
 
 def get_imagenet_val_loader(data_folder: str, batch_size: int = 256, num_workers: int = 8,
                             rank: int = 0, world_size: int = 1) -> TorchvisionLoader:
     """The validation split alone (``<data_folder>/val``), in order; an exact shard of it for
     process ``rank`` of ``world_size``."""
-    val_set = _image_folder(os.path.join(data_folder, "val"), False, False)
-    return _loader(val_set, shuffle=False, batch_size=batch_size, num_workers=num_workers, seed=0,
-                   shard=Shard(rank, world_size, pad=False))
+    return imagenet_test_loader(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
+        loader="torchvision", rank=rank, world_size=world_size))
+
+
+def load_imagenet_test_split(data_folder: str | Path = "./data") -> tuple[Tensor, Tensor]:
+    """Not available: ImageNet's validation split is not held in memory (always raises)."""
+    raise UserError("ImageNet's validation split is read from JPEG folders, not held in "
+                    "memory; use get_test_loader('imagenet', ...)")
+
+
+def _build(options: LoaderOptions
+           ) -> tuple[TorchvisionLoader, TorchvisionLoader, int, int]:
+    """``(train, val, n_data, num_classes)`` for ``options`` (see
+    :func:`build_imagenet_loaders`)."""
+    folder = str(options.data_folder)
+    train_set = _image_folder(os.path.join(folder, "train"), True, options.is_instance)
+    val_set = _image_folder(os.path.join(folder, "val"), False, False)
+    if val_set.classes != train_set.classes:
+        raise UserError(f"class folders of {os.path.join(folder, 'val')} differ from "
+                        f"those of {os.path.join(folder, 'train')} "
+                        f"({len(val_set.classes)} vs {len(train_set.classes)} classes); "
+                        f"expected {LAYOUT}")
+    train = _loader(train_set, options, shuffle=True, drop_last=options.drop_last,
+                    shard=options.shard(pad=True))
+    val = _loader(val_set, options, shuffle=False, shard=options.shard(pad=False))
+    return train, val, len(train_set), len(train_set.classes)
 
 
 def build_imagenet_loaders(data_folder: str, batch_size: int = 256, num_workers: int = 8,
@@ -102,19 +138,21 @@ def build_imagenet_loaders(data_folder: str, batch_size: int = 256, num_workers:
     disjoint shards whose metrics add up over the processes (see :mod:`dataset.sharding`).
     ``batch_size`` is per process; ``n_data`` counts the whole training set.
     """
-    train_set = _image_folder(os.path.join(data_folder, "train"), True, is_instance)
-    val_set = _image_folder(os.path.join(data_folder, "val"), False, False)
-    if val_set.classes != train_set.classes:
-        raise UserError(f"class folders of {os.path.join(data_folder, 'val')} differ from "
-                        f"those of {os.path.join(data_folder, 'train')} "
-                        f"({len(val_set.classes)} vs {len(train_set.classes)} classes); "
-                        f"expected {LAYOUT}")
-    common = dict(batch_size=batch_size, num_workers=num_workers, seed=seed,
-                  channels_last=channels_last)
-    train = _loader(train_set, shuffle=True, drop_last=drop_last,
-                    shard=Shard(rank, world_size, pad=True), **common)
-    val = _loader(val_set, shuffle=False, shard=Shard(rank, world_size, pad=False), **common)
-    return train, val, len(train_set), len(train_set.classes)
+    return _build(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
+        loader="torchvision", seed=seed, channels_last=channels_last, drop_last=drop_last,
+        rank=rank, world_size=world_size, is_instance=is_instance))
+
+
+def imagenet_loaders(options: LoaderOptions
+                     ) -> tuple[TorchvisionLoader, TorchvisionLoader, int]:
+    """``(train, val, n_data)`` for ``options``; JPEG folders are read by the torchvision
+    loader only."""
+    if options.loader != "torchvision":
+        raise UserError(f"--dataset imagenet reads JPEG folders with the torchvision loader, not "
+                        f"--loader {options.loader}; leave --loader out or pass --loader "
+                        f"torchvision")
+    return _build(options)[:3]
 
 
 def get_imagenet_loaders(batch_size: int = 256, num_workers: int = 8, is_instance: bool = False,
@@ -124,14 +162,10 @@ def get_imagenet_loaders(batch_size: int = 256, num_workers: int = 8, is_instanc
                          world_size: int = 1) -> tuple[TorchvisionLoader, TorchvisionLoader, int]:
     """``(train, val, n_data)`` with the keywords of the CIFAR loaders (for
     :func:`dataset.get_dataloaders`); JPEG folders are read by the torchvision loader only."""
-    if loader != "torchvision":
-        raise UserError(f"--dataset imagenet reads JPEG folders with the torchvision loader, not "
-                        f"--loader {loader}; leave --loader out or pass --loader torchvision")
-    train, val, n_data, _ = build_imagenet_loaders(
-        str(data_folder), batch_size=batch_size, num_workers=num_workers, is_instance=is_instance,
-        seed=seed, rank=rank, world_size=world_size, channels_last=channels_last,
-        drop_last=drop_last)
-    return train, val, n_data
+    return imagenet_loaders(LoaderOptions(
+        batch_size=batch_size, num_workers=num_workers, data_folder=data_folder, loader=loader,
+        device=device, seed=seed, channels_last=channels_last, drop_last=drop_last, rank=rank,
+        world_size=world_size, is_instance=is_instance))
 
 
 def get_imagenet_dataloaders(data_folder: str, batch_size: int = 256, num_workers: int = 8,

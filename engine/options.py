@@ -1,6 +1,6 @@
 """Command-line flag groups shared by the entry scripts (names as in the CRD code).
 
-Optimization flags left out take their data set's defaults (:data:`SCHEDULES`): the CRD
+Optimization flags left out take their data set's defaults (:class:`dataset.Schedule`): the CRD
 benchmark's for CIFAR-100 and digits, the standard ResNet recipe (Goyal et al. 2017's linear
 rule) for ImageNet. ``--batch_size`` is per process; under torchrun the learning rate is
 multiplied by the number of processes unless ``--no_lr_scale``.
@@ -16,31 +16,12 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from dataset import default_loader
+from dataset import DATASETS, dataset_spec, default_loader
 from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
 from helper.util import parse_decay_epochs
 from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO, zoo_for
 from models.rep_blocks import DEFAULT_BLOCKTYPE
-
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Defaults of the optimization flags for one data set."""
-
-    epochs: int
-    batch_size: int
-    lr_decay_epochs: str
-    weight_decay: float
-    lr_per_256: float | None = None  # lr = lr_per_256 * batch_size / 256 (None: CRD's 0.05/0.01)
-
-
-CIFAR_SCHEDULE = Schedule(epochs=240, batch_size=64, lr_decay_epochs="150,180,210", weight_decay=5e-4)
-#: ImageNet: 100 epochs, lr 0.1 per 256 images, x0.1 at 30/60/90, weight decay 1e-4.
-IMAGENET_SCHEDULE = Schedule(epochs=100, batch_size=256, lr_decay_epochs="30,60,90",
-                             weight_decay=1e-4, lr_per_256=0.1)
-SCHEDULES = {"cifar100": CIFAR_SCHEDULE, "digits": CIFAR_SCHEDULE, "imagenet": IMAGENET_SCHEDULE}
 
 
 def str2bool(text: str) -> bool:
@@ -71,7 +52,7 @@ def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", type=str, default="cifar100", choices=list(SCHEDULES),
+    group.add_argument("--dataset", type=str, default="cifar100", choices=list(DATASETS),
                        help="cifar100, digits (scikit-learn's bundled digits, offline) or imagenet "
                             "(ImageFolder tree <data_folder>/train/<class>/, "
                             "<data_folder>/val/<class>/)")
@@ -133,8 +114,8 @@ def finalize_device(opt: argparse.Namespace, device) -> argparse.Namespace:
 
 def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: int = 1,
                           default_lr: float | None = None) -> argparse.Namespace:
-    """Fill the data set's defaults of the flags left out (:data:`SCHEDULES`), the
-    per-architecture learning rate and the loader kind, and parse the decay epochs.
+    """Fill the data set's defaults of the flags left out (its spec's :class:`dataset.Schedule`),
+    the per-architecture learning rate and the loader kind, and parse the decay epochs.
 
     The learning rate left out is, on the CIFAR-style schedules, ``default_lr`` when given (a
     method's published recipe: kdrefine's 0.01), else RepDistiller's rule (0.05; 0.01 for the
@@ -147,7 +128,7 @@ def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: 
     of the global batch, is thereby applied once. ``opt.schedule_defaults`` (a frozenset) names
     the flags filled from the schedule, for :func:`check_flag_values`.
     """
-    schedule = SCHEDULES.get(getattr(opt, "dataset", "cifar100"), CIFAR_SCHEDULE)
+    schedule = dataset_spec(opt.dataset).schedule
     defaulted = set()
     for key in ("epochs", "batch_size", "lr_decay_epochs", "weight_decay"):
         if getattr(opt, key) is None:

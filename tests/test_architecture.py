@@ -3,7 +3,8 @@ imported, so this runs in well under a second).
 
 1. Layers (DESIGN.md, pattern 11): entry scripts on top, then the engine, then the libraries,
    then a ground of utilities. A module imports project modules only of a lower layer or of
-   its own folder; the layer-1 folders do not import each other.
+   its own folder; the layer-1 folders do not import each other. Entry scripts may use each
+   other's command lines (``scripts/benchmark.py`` times what ``train_student.py`` resolves).
 2. No function body imports a project module: what a module depends on is in its header.
    (Lazy imports of heavy third-party libraries are allowed.)
 3. No function or method longer than 60 lines.
@@ -23,6 +24,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Top-level folder or module -> layer. Entry scripts 3, engine 2, libraries 1, utilities 0.
+ENTRY = 3  # the entry scripts' layer
 LAYERS = {
     "train_student": 3, "train_teacher": 3, "convert": 3, "validation": 3, "scripts": 3,
     "engine": 2,
@@ -129,7 +131,7 @@ def test_imports_go_down_the_layers():
         for node in ast.walk(parse(path)):
             for module in imported_modules(node, path):
                 top = _project_top(module)
-                if top is None or top == unit or LAYERS[top] < layer:
+                if top is None or top == unit or LAYERS[top] < layer or LAYERS[top] == layer == ENTRY:
                     continue
                 offenders.append(f"{path}:{node.lineno} {module} (layer {LAYERS[top]} "
                                  f"imported from layer {layer})")

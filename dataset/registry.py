@@ -1,0 +1,128 @@
+"""Everything known about each data set, in one frozen :class:`DatasetSpec` per name.
+
+A spec says how many classes the set has, how it is normalized, its optimization
+:class:`Schedule` (the defaults of the flags left out), which loader kind it uses by default,
+how its loaders are built (train/test, CRD sampling, the test split alone), how many CRD
+negatives a requested ``k`` yields, and which model zoo its architectures come from. The
+functions of :mod:`dataset` ask the spec and never branch on a data-set name; a new data set is
+one more entry of :data:`SPECS`. Unknown names raise a one-line
+:class:`helper.errors.UserError` listing the known ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from torch import Tensor
+
+from dataset import cifar100, digits, imagenet
+from dataset.loaders import LOADER_KINDS, ContrastConfig, Loader, LoaderOptions, Stats
+from helper.errors import UserError
+
+Normalization = tuple[Stats, Stats]
+Loaders = tuple[Loader, Loader, int]
+
+__all__ = ["CIFAR_SCHEDULE", "DATASETS", "IMAGENET_SCHEDULE", "MODEL_ZOOS", "SPECS",
+           "DatasetSpec", "Schedule", "dataset_spec", "requested_k"]
+
+#: The model zoos a spec may name (:func:`models.zoo_named`).
+MODEL_ZOOS = ("cifar", "imagenet")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Defaults of the optimization flags for one data set."""
+
+    epochs: int
+    batch_size: int
+    lr_decay_epochs: str
+    weight_decay: float
+    lr_per_256: float | None = None  # lr = lr_per_256 * batch_size / 256 (None: CRD's 0.05/0.01)
+
+
+#: CIFAR-100 and digits: the CRD benchmark's 240 epochs, batch 64, x0.1 at 150/180/210,
+#: weight decay 5e-4 (learning rate per architecture, RepDistiller's 0.05 / 0.01).
+CIFAR_SCHEDULE = Schedule(epochs=240, batch_size=64, lr_decay_epochs="150,180,210",
+                          weight_decay=5e-4)
+#: ImageNet: 100 epochs, lr 0.1 per 256 images, x0.1 at 30/60/90, weight decay 1e-4.
+IMAGENET_SCHEDULE = Schedule(epochs=100, batch_size=256, lr_decay_epochs="30,60,90",
+                             weight_decay=1e-4, lr_per_256=0.1)
+
+
+def requested_k(k: int, percent: float = 1.0) -> int:
+    """``sample_k`` of the sets whose CRD loaders draw exactly the ``k`` negatives asked for."""
+    return k
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data set: what the functions of :mod:`dataset` and the engine need to know.
+
+    ``classes`` and ``stats`` are values, or callables computing them (ImageNet counts its
+    class folders under ``data_folder``; digits derives its statistics from its training
+    split). ``sample_loaders`` is ``None`` for a set without CRD support.
+    """
+
+    name: str
+    classes: int | Callable[[str], int]
+    stats: Normalization | Callable[[], Normalization]
+    schedule: Schedule
+    default_loader: str
+    loaders: Callable[[LoaderOptions], Loaders]
+    sample_loaders: Callable[[LoaderOptions, ContrastConfig], Loaders] | None
+    test_loader: Callable[[LoaderOptions], Loader]
+    test_split: Callable[[str | Path], tuple[Tensor, Tensor]]
+    sample_k: Callable[[int, float], int]
+    model_zoo: str
+
+    def __post_init__(self) -> None:
+        if self.default_loader not in LOADER_KINDS:
+            raise ValueError(f"{self.name}: default loader {self.default_loader!r} is not one "
+                             f"of {', '.join(LOADER_KINDS)}")
+        if self.model_zoo not in MODEL_ZOOS:
+            raise ValueError(f"{self.name}: model zoo {self.model_zoo!r} is not one of "
+                             f"{', '.join(MODEL_ZOOS)}")
+
+    def num_classes(self, data_folder: str | Path = "./data") -> int:
+        """The number of classes (read from ``data_folder`` where the spec says so)."""
+        return self.classes(str(data_folder)) if callable(self.classes) else self.classes
+
+    def normalization(self) -> Normalization:
+        """Per-channel (mean, std) on the [0, 1] scale."""
+        return self.stats() if callable(self.stats) else self.stats
+
+
+SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec(name="cifar100", classes=cifar100.NUM_CLASSES,
+                stats=(cifar100.MEAN, cifar100.STD), schedule=CIFAR_SCHEDULE,
+                default_loader="device", loaders=cifar100.cifar100_loaders,
+                sample_loaders=cifar100.cifar100_sample_loaders,
+                test_loader=cifar100.cifar100_test_loader,
+                test_split=cifar100.load_cifar100_test, sample_k=requested_k,
+                model_zoo="cifar"),
+    DatasetSpec(name="digits", classes=digits.NUM_CLASSES, stats=digits.digits_normalization,
+                schedule=CIFAR_SCHEDULE, default_loader="device",
+                loaders=digits.digits_loaders, sample_loaders=digits.digits_sample_loaders,
+                test_loader=digits.digits_test_loader, test_split=digits.load_digits_test,
+                sample_k=digits.digits_sample_k, model_zoo="cifar"),
+    DatasetSpec(name="imagenet", classes=imagenet.num_imagenet_classes,
+                stats=(imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD),
+                schedule=IMAGENET_SCHEDULE, default_loader="torchvision",
+                loaders=imagenet.imagenet_loaders, sample_loaders=None,
+                test_loader=imagenet.imagenet_test_loader,
+                test_split=imagenet.load_imagenet_test_split, sample_k=requested_k,
+                model_zoo="imagenet"),
+)}
+
+#: The data-set names, in the order the CLI lists them.
+DATASETS: tuple[str, ...] = tuple(SPECS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of data set ``name``; a one-line :class:`UserError` listing the known names
+    for any other."""
+    spec = SPECS.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return spec
