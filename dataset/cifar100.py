@@ -23,7 +23,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets.utils import check_integrity, download_url, extract_archive
 
 from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
                              check_options, memory_test_loader)
@@ -39,6 +38,27 @@ NUM_CLASSES = 100
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
 DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def download_url(url: str, root: str, filename: str, md5: str) -> None:
+    """torchvision's ``download_url`` (imported when called: torchvision takes seconds to import)."""
+    from torchvision.datasets import utils
+
+    utils.download_url(url, root, filename=filename, md5=md5)
+
+
+def check_integrity(path: str, md5: str) -> bool:
+    """torchvision's md5 check of a downloaded file."""
+    from torchvision.datasets import utils
+
+    return utils.check_integrity(path, md5)
+
+
+def extract_archive(path: str, root: str) -> None:
+    """torchvision's archive extraction."""
+    from torchvision.datasets import utils
+
+    utils.extract_archive(path, root)
 
 
 def cifar100_dir(data_folder: str | Path = "./data") -> Path:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torchvision import datasets, transforms
 
 from dataset.loaders import LoaderOptions
 from dataset.sharding import Shard
@@ -32,17 +31,32 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LAYOUT = "<data_folder>/train/<class>/*.JPEG and <data_folder>/val/<class>/*.JPEG"
 
 
-class ImageFolderInstance(datasets.ImageFolder):
-    """ImageFolder returning ``(image, target, index)``; the index feeds instance-level methods
-    (CRD's memory bank)."""
+class ImageFolderInstance(torch.utils.data.Dataset):
+    """The images of a torchvision ``ImageFolder`` as ``(image, target, index)``; the index feeds
+    instance-level methods (CRD's memory bank)."""
+
+    def __init__(self, folder: str, transform=None) -> None:
+        from torchvision import datasets  # lazily: torchvision takes seconds to import
+
+        self.images = datasets.ImageFolder(folder, transform=transform)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.images.classes
 
     def __getitem__(self, index: int):
-        img, target = super().__getitem__(index)
+        img, target = self.images[index]
         return img, target, index
 
 
-def imagenet_transform(train: bool) -> transforms.Compose:
-    """Standard ImageNet train (random-resized crop + flip) or eval (resize + centre crop)."""
+def imagenet_transform(train: bool):
+    """Standard ImageNet train (random-resized crop + flip) or eval (resize + centre crop), a
+    torchvision ``Compose``."""
+    from torchvision import transforms  # lazily: torchvision takes seconds to import
+
     normalize = transforms.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
     if train:
         steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
@@ -51,7 +65,9 @@ def imagenet_transform(train: bool) -> transforms.Compose:
     return transforms.Compose(steps + [transforms.ToTensor(), normalize])
 
 
-def _image_folder(folder: str, train: bool, instance: bool) -> datasets.ImageFolder:
+def _image_folder(folder: str, train: bool, instance: bool) -> torch.utils.data.Dataset:
+    from torchvision import datasets  # lazily: torchvision takes seconds to import
+
     if not os.path.isdir(folder):
         raise UserError(f"ImageNet folder {folder} not found; expected {LAYOUT}")
     cls = ImageFolderInstance if instance else datasets.ImageFolder
@@ -61,6 +77,13 @@ def _image_folder(folder: str, train: bool, instance: bool) -> datasets.ImageFol
         raise UserError(f"no images in {folder} ({err}); expected {LAYOUT}") from None
 
 
+def find_classes(folder: str) -> list[str]:
+    """The class folders of an ImageFolder tree, as torchvision finds them."""
+    from torchvision.datasets.folder import find_classes as torchvision_find_classes
+
+    return torchvision_find_classes(folder)[0]
+
+
 def num_imagenet_classes(data_folder: str) -> int:
     """Number of class folders under ``<data_folder>/train`` (``val`` when there is no
     ``train``, e.g. for validation only)."""
@@ -68,14 +91,14 @@ def num_imagenet_classes(data_folder: str) -> int:
         folder = os.path.join(data_folder, split)
         if os.path.isdir(folder):
             try:
-                return len(datasets.folder.find_classes(folder)[0])
+                return len(find_classes(folder))
             except FileNotFoundError as err:
                 raise UserError(f"no class folders in {folder} ({err}); expected {LAYOUT}") from None
     raise UserError(f"ImageNet folder {os.path.join(data_folder, 'train')} not found; "
                     f"expected {LAYOUT}")
 
 
-def _loader(dataset: datasets.ImageFolder, options: LoaderOptions, *, shuffle: bool,
+def _loader(dataset: torch.utils.data.Dataset, options: LoaderOptions, *, shuffle: bool,
             shard: Shard, drop_last: bool = False) -> TorchvisionLoader:
     return TorchvisionLoader(dataset, batch_size=options.batch_size, shuffle=shuffle,
                              num_workers=options.num_workers, seed=options.seed,

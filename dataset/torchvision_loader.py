@@ -15,24 +15,28 @@ each epoch by ``set_epoch``; padded to equal shards) and an unshuffled one throu
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision import transforms
 
 from dataset.contrast import ContrastSampler
 from dataset.device_loader import derive_seed
 from dataset.sharding import Shard, ShardSampler
 from dataset.epochs import SeededEpochs
 
+if TYPE_CHECKING:
+    from torchvision import transforms
+
 
 def train_transform(mean: Sequence[float], std: Sequence[float], flip: bool = True,
                     padding: int = 4, size: int = 32) -> transforms.Compose:
     """``RandomCrop(size, padding)`` (zero fill), optional ``RandomHorizontalFlip``,
     ``ToTensor``, ``Normalize`` - the CRD benchmark's training augmentation."""
+    from torchvision import transforms  # lazily: torchvision takes seconds to import
+
     steps: list = [transforms.RandomCrop(size, padding=padding)]
     if flip:
         steps.append(transforms.RandomHorizontalFlip())
@@ -42,6 +46,8 @@ def train_transform(mean: Sequence[float], std: Sequence[float], flip: bool = Tr
 
 def test_transform(mean: Sequence[float], std: Sequence[float]) -> transforms.Compose:
     """``ToTensor`` + ``Normalize``."""
+    from torchvision import transforms  # lazily: torchvision takes seconds to import
+
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 

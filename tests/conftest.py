@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 #: Files that take minutes: collected first, so that with two workers (make test) they start at
 #: once instead of running alone at the end.
-LONG_FILES = ("test_quickstart.py", "test_grid.py", "test_trials.py", "test_onnx.py")
+LONG_FILES = ("test_quickstart.py", "test_grid.py", "test_trials.py", "test_extending.py", "test_onnx.py")
 
 
 def pytest_collection_modifyitems(config, items):
