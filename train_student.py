@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         start_members(members, opt.resume, dist, [student_config(o) for o in trial_opts], held)
         check_stacked_start(stepping, members)
         print(headline(opt, dist, members, stepping))
-        settings = loop_settings(opt, opt.distill)
+        settings = LoopSettings.from_options(opt, opt.distill)
         fit(members, stepping, EvaluateAndSave(test_loader, dist, settings), opt.epochs, settings, dist)
         report_members(members)
         write_results(opt, members, teacher_acc, dist, time.time() - started)
@@ -190,11 +190,6 @@ def hold_folders(held: contextlib.ExitStack, trial_opts: list[argparse.Namespace
                                    student_config(o), enabled=dist.is_main))
     if dist.is_main:
         held.enter_context(tee_to(*(os.path.join(o.save_folder, LOG_FILE) for o in trial_opts)))
-
-
-def loop_settings(opt: argparse.Namespace, desc: str) -> LoopSettings:
-    """How the loop runs for these options (progress interval, mixed precision, memory format)."""
-    return LoopSettings(print_freq=opt.print_freq, amp=opt.amp, channels_last=opt.channels_last, desc=desc)
 
 
 def headline(opt: argparse.Namespace, dist: DistContext, members: list[Member], stepping) -> str:
@@ -252,10 +247,8 @@ def prepare_trials(opt: argparse.Namespace, dist: DistContext, trial_opts: list 
         teacher.to(memory_format=torch.channels_last)
     parts = [build_trial(o, teacher, loader, test_loader, n_data, dist)
              for o, loader in zip(trial_opts, train_loaders)]
-    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, opt)
+    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, opt, opt.amp)
     members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
-    if isinstance(stepping, Stacked):
-        stepping.scaler = make_grad_scaler(device, opt.amp)
     return members, stepping, test_loader, teacher_acc
 
 
@@ -318,18 +311,17 @@ def run_init_stage(opt: argparse.Namespace, student: torch.nn.Module, teacher: t
     optimizer = torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
                                 foreach=True)
     label = f"trial {opt.trial} | " if opt.trials > 1 else ""
-    losses = []
+    policy = InitStageLog(lr)
     with trainable_only([student, method], modules), \
             SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
         run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=modules, eval_model=student,
                   optimizer=optimizer, state_modules={})
         member = Member(opt, run, train_loader, label=f"{label}init ", writer=writer)
-        policy = InitStageLog(lr, losses)
         stepping = OwnSteps([InitStep(student, teacher, method, dist=dist)], eval_modules=(student,))
         fit([member], stepping, policy, opt.init_epochs,
             LoopSettings(print_freq=opt.print_freq, desc=f"{opt.distill} init"), dist)
     raise_failures([member])
-    return losses
+    return policy.losses
 
 
 if __name__ == "__main__":

@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
         print(f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs on {dist.device}"
               f"{processes}; saving to {opt.save_folder}")
-        settings = LoopSettings(print_freq=opt.print_freq, amp=opt.amp, channels_last=opt.channels_last,
-                                desc=opt.model)
+        settings = LoopSettings.from_options(opt, opt.model)
         fit([member], stepping, EvaluateAndSave(test_loader, dist, settings), opt.epochs, settings, dist)
         report_members([member])
         raise_failures([member])

@@ -62,6 +62,12 @@ class LoopSettings:
     desc: str = "train"
     terminal: bool | None = None   # show a tqdm bar; None: when stdout is a terminal
 
+    @classmethod
+    def from_options(cls, opt: Any, desc: str) -> "LoopSettings":
+        """The settings of a training run's options (progress interval, mixed precision,
+        memory format), its bar labelled ``desc``."""
+        return cls(print_freq=opt.print_freq, amp=opt.amp, channels_last=opt.channels_last, desc=desc)
+
 
 class Stepping(Protocol):
     """One training step of the live members (see :mod:`engine.stepping`)."""

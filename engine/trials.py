@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.distill import DistillStep, loss_weights
+from engine.loops import make_grad_scaler
 from engine.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
 from engine.stepping import SharedTeacher, Stacked
 from engine.trainer import make_optimizer
@@ -82,11 +83,12 @@ class TrialParts:
     train_loader: object
 
 
-def stepping_for(parts: list[TrialParts], mode: str, device: torch.device,
-                 opt: argparse.Namespace) -> tuple[SharedTeacher | Stacked, list]:
+def stepping_for(parts: list[TrialParts], mode: str, device: torch.device, opt: argparse.Namespace,
+                 amp: bool = False) -> tuple[SharedTeacher | Stacked, list]:
     """The stepping of the trials and each one's optimizer: with ``mode`` 'stacked' (or
     'auto' on CUDA, for a method :func:`can_stack` accepts) the students stacked
-    (:class:`Stacked`, each trial's optimizer a :class:`TrialOptimizer` slice of the stack's);
+    (:class:`Stacked`, each trial's optimizer a :class:`TrialOptimizer` slice of the stack's,
+    the stack's grad scaler for ``amp``);
     else :class:`SharedTeacher` (each trial its own SGD over student and method). One trial
     is the shared-teacher stepping of one member."""
     method = parts[0].method
@@ -98,7 +100,7 @@ def stepping_for(parts: list[TrialParts], mode: str, device: torch.device,
     optimizer = make_optimizer(model.stacked_params, opt)
     step = StackedStep(model, parts[0].step, method, loss_weights(opt))
     slices = [TrialOptimizer(optimizer, list(model.stacked_params), k) for k in range(len(parts))]
-    return Stacked(model, step, optimizer), slices
+    return Stacked(model, step, optimizer, make_grad_scaler(device, amp)), slices
 
 
 def trainable(part: TrialParts) -> list[torch.nn.Module]:

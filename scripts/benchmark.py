@@ -40,7 +40,6 @@ from distiller_zoo import get_method, method_names  # noqa: E402
 from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
 from engine.fit import LoopSettings, Member, run_epoch  # noqa: E402
 from engine.loops import make_grad_scaler  # noqa: E402
-from engine.stepping import Stacked  # noqa: E402
 from engine.trainer import Run  # noqa: E402
 from engine.trials import TrialParts, stepping_for  # noqa: E402
 from helper.distributed import DistContext  # noqa: E402
@@ -136,14 +135,12 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: in
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     parts = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
-    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, parts[0].opt)
     amp = fast and opt.amp
+    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, parts[0].opt, amp)
     members = [Member(part.opt, Run(name=opt.student, save_folder="", train_modules=[part.student, part.method],
                                     eval_model=part.student, optimizer=optimizer, state_modules={}),
                       part.train_loader, scaler=make_grad_scaler(device, amp))
                for part, optimizer in zip(parts, optimizers)]
-    if isinstance(stepping, Stacked):
-        stepping.scaler = make_grad_scaler(device, amp)
     settings = LoopSettings(print_freq=0, amp=amp, channels_last=channels_last,
                             desc="fast" if fast else "classic")
 

@@ -25,7 +25,7 @@ from dataset.synthetic import write_fake_cifar100
 from distiller_zoo import method_names
 from helper.distributed import DistContext
 from helper.errors import UserError
-from engine.fit import run_epoch
+from engine.fit import LoopSettings, run_epoch
 from models import model_dict
 from tests.reference import load_json
 
@@ -137,7 +137,7 @@ def check_cell(workdir, teacher: str, student: str, method: str) -> None:
     run = members[0].run
     before = [p.detach().clone() for p in run.eval_model.parameters()]
     members[0].train_loader = list(itertools.islice(members[0].train_loader, 1))
-    stats = run_epoch(members, stepping, 1, train_student.loop_settings(opt, method), dist)[0]
+    stats = run_epoch(members, stepping, 1, LoopSettings.from_options(opt, method), dist)[0]
     assert math.isfinite(stats["loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, run.eval_model.parameters()))
 
