@@ -46,7 +46,8 @@ from engine.model_io import count_parameters, load_model_from_file
 from helper.onnx_io import OPSET, export_onnx, image_size, node_counts, parameter_count, write_onnx
 from engine.options import (blocktype_hint, check_flag_values, fitting_blocktypes, flag_or_record,
                             recorded_architecture_in)
-from models import BLOCK_TYPES, IMAGENET_ZOO, ModelZoo, reparameterize_model, zoo_for, zoo_of
+from engine.config import dataset_zoo
+from models import BLOCK_TYPES, IMAGENET_ZOO, ModelZoo, reparameterize_model, zoo_of
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 
@@ -67,7 +68,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the data set's model zoo and input size (ImageNet: 224x224); default: "
                              "the zoo that has the architecture")
     opt = parser.parse_args(argv)
-    check_flag_values(opt)
+    check_flag_values(vars(opt))
     if opt.save is None and opt.onnx is None:
         raise UserError("nothing to write: give --save FILE (the deploy state dict), --onnx FILE "
                         "(the ONNX graph), or both")
@@ -164,7 +165,7 @@ def export(opt: argparse.Namespace, model: torch.nn.Module, arch: str, blocktype
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     opt = parse_option(argv)
-    zoo = zoo_for(opt.dataset) if opt.dataset is not None else None
+    zoo = dataset_zoo(opt.dataset) if opt.dataset is not None else None
     if opt.arch is not None and zoo is not None:  # a misspelt -a is told before the file is read
         zoo.check_name(opt.arch, "-a")
     elif opt.arch is not None:

@@ -26,9 +26,9 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from dataset import get_dataloaders, get_sample_dataloaders, num_classes, sample_k
+from dataset import get_dataloaders, get_sample_dataloaders, num_classes
 from distiller_zoo import get_method, method_names
-from distiller_zoo.methods import add_method_flags
+from distiller_zoo.methods import CRDParams, add_method_flags
 from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights,
                                num_classes_from_state_dict, write_json_atomic)
 from engine.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
@@ -38,16 +38,17 @@ from engine.loops import make_grad_scaler, validate
 from engine.stepping import OwnSteps, Stacked
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
-from helper.naming import METRICS_FILE, STUDENT_SAVE_ROOT, run_name_of, teacher_arch_from_path
+from helper.naming import METRICS_FILE, teacher_arch_from_path
 from helper.provenance import file_sha256, project_version
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
+from engine.config import StudentConfig, build_student_config, dataset_zoo, flat, on_device, with_section
 from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
-                            finalize_device, finalize_optimization, print_config, resolved_config)
+                            print_config, resolved_config)
 from engine.trainer import Run, place_model, report_members, start_members
-from engine.trials import TrialParts, check_stacked_start, check_trials_flags, stepping_for, trial_options
+from engine.trials import TrialParts, check_stacked_start, check_trials_flags, stepping_for, trial_configs
 from helper.util import data_seed, set_seed
-from models import BLOCK_TYPES, imagenet_model_dict, model_dict, zoo_for
+from models import BLOCK_TYPES, imagenet_model_dict, model_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,36 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, with ``-r/-a/-b`` and ``--learning_rate`` left out taken from the method's
-    published recipe (:class:`distiller_zoo.methods.Recipe`); a flag given always wins."""
-    opt = build_parser().parse_args(argv)
-    zoo_for(opt.dataset).check_name(opt.model_s, "--model_s")
-    if not opt.path_t:
+def parse_option(argv: list[str] | None = None) -> StudentConfig:
+    """The configuration of the flags (:func:`engine.config.build_student_config`: ``-r/-a/-b``
+    and ``--learning_rate`` left out take the method's published recipe), checked."""
+    flags = vars(build_parser().parse_args(argv))
+    zoo = dataset_zoo(flags["dataset"])
+    zoo.check_name(flags["model_s"], "--model_s")
+    if not flags["path_t"]:
         raise UserError("--path_t is required: the teacher checkpoint, e.g. "
                         "save/models/resnet110_vanilla/ckpt_epoch_240.pth")
-    if opt.model_t is not None:
-        zoo_for(opt.dataset).check_name(opt.model_t, "--model_t")
-    recipe = get_method(opt.distill).recipe
-    for key in ("gamma", "alpha", "beta"):
-        if getattr(opt, key) is None:
-            setattr(opt, key, getattr(recipe, key))
-    finalize_optimization(opt, opt.model_s, env_world_size(), default_lr=recipe.learning_rate)
-    check_trials_flags(opt, env_world_size())
-    check_flag_values(opt)
-    return opt
+    if flags["model_t"] is not None:
+        zoo.check_name(flags["model_t"], "--model_t")
+    config = build_student_config(flags, env_world_size())
+    check_trials_flags(config.run, env_world_size())
+    check_flag_values(flat(config))
+    return config
 
 
-def student_config(opt: argparse.Namespace) -> dict:
+def student_config(config: StudentConfig) -> dict:
     """The resolved configuration (``--print_config``; saved with the run's results)."""
-    return resolved_config(opt, build_parser(),
-                           save_folder=os.path.join(STUDENT_SAVE_ROOT, run_name_of(opt)))
+    return resolved_config(config, build_parser())
 
 
 def teacher_architecture(path: str, ckpt, dataset: str, model_t: str | None = None) -> str:
     """The teacher's architecture: the checkpoint's 'arch' entry, else ``--model_t``, else its
     RepDistiller folder name; ``--model_t`` contradicting the entry stops with one line."""
-    zoo = zoo_for(dataset)
+    zoo = dataset_zoo(dataset)
     recorded = ckpt.get("arch") if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str) else None
     if recorded and model_t and recorded != model_t:
         raise UserError(f"--model_t {model_t} contradicts {path}, which records the architecture "
@@ -131,7 +128,7 @@ def load_teacher(path: str, dataset: str, device: torch.device, data_folder: str
                  model_t: str | None = None, ckpt=None):
     """The teacher of ``path`` (see :func:`teacher_architecture`; ``ckpt``: the file, if
     already loaded), frozen."""
-    zoo = zoo_for(dataset)
+    zoo = dataset_zoo(dataset)
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     arch = teacher_architecture(path, ckpt, dataset, model_t)
     state = extract_state_dict(ckpt, path)
@@ -150,52 +147,58 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     (of the first trial with ``--trials``). Every trial's folder is claimed before anything
     trains, and everything printed from then on (the error line too) goes into its
     ``train.log``."""
-    opt = parse_option(argv)
-    if opt.print_config:
-        return print_student_config(opt)
+    config = parse_option(argv)
+    if config.run.print_config:
+        return print_student_config(config)
     started = time.time()
-    with distributed(opt.device, opt.dist_timeout) as dist, contextlib.ExitStack() as held:
-        finalize_device(opt, dist.device)  # before the trials copy the options
-        teacher_ckpt = load_checkpoint(opt.path_t)
-        opt.model_t = teacher_architecture(opt.path_t, teacher_ckpt, opt.dataset, opt.model_t)
-        trial_opts = trial_options(opt, run_name_of)  # the first trial's data seed is opt's
-        hold_folders(held, trial_opts, dist)
-        members, stepping, test_loader, teacher_acc = prepare_trials(opt, dist, trial_opts, teacher_ckpt)
-        start_members(members, opt.resume, dist, [student_config(o) for o in trial_opts], held)
+    with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
+        teacher_ckpt = load_checkpoint(config.model.path_t)
+        config = with_teacher(on_device(config, dist.device), teacher_ckpt)
+        trials = trial_configs(config)
+        hold_folders(held, trials, dist)
+        members, stepping, test_loader, teacher_acc = prepare_trials(config, dist, trials, teacher_ckpt)
+        start_members(members, config.run.resume, dist, [student_config(t) for t in trials], held)
         check_stacked_start(stepping, members)
-        print(headline(opt, dist, members, stepping))
-        settings = LoopSettings.from_options(opt, opt.distill)
-        fit(members, stepping, EvaluateAndSave(test_loader, dist, settings), opt.epochs, settings, dist)
+        print(headline(config, dist, members, stepping))
+        settings = LoopSettings.from_config(config, config.method.distill)
+        fit(members, stepping, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)
         report_members(members)
-        write_results(opt, members, teacher_acc, dist, time.time() - started)
+        write_results(config, members, teacher_acc, dist, time.time() - started)
         raise_failures(members)
         return members[0].last
 
 
-def print_student_config(opt: argparse.Namespace) -> dict:
+def with_teacher(config: StudentConfig, ckpt) -> StudentConfig:
+    """``config`` with the teacher's architecture (:func:`teacher_architecture`) of ``ckpt``,
+    the loaded ``--path_t`` (None: no such file)."""
+    models = config.model
+    arch = teacher_architecture(models.path_t, ckpt, config.data.dataset, models.model_t)
+    return with_section(config, "model", model_t=arch)
+
+
+def print_student_config(config: StudentConfig) -> dict:
     """``--print_config``: the resolved configuration (the teacher's architecture read from
     its file when there is one); nothing is written."""
-    ckpt = load_checkpoint(opt.path_t) if os.path.isfile(opt.path_t) else None
-    opt.model_t = teacher_architecture(opt.path_t, ckpt, opt.dataset, opt.model_t)
-    print_config(student_config(opt))
+    path = config.model.path_t
+    print_config(student_config(with_teacher(config, load_checkpoint(path) if os.path.isfile(path) else None)))
     return {}
 
 
-def hold_folders(held: contextlib.ExitStack, trial_opts: list[argparse.Namespace],
-                 dist: DistContext) -> None:
+def hold_folders(held: contextlib.ExitStack, trials: list[StudentConfig], dist: DistContext) -> None:
     """Claim every trial's folder (:func:`helper.run_folder.claimed`) and, on rank 0, tee what
     is printed into each one's ``train.log``, for as long as ``held`` is open."""
-    for o in trial_opts:
-        held.enter_context(claimed(o.save_folder, o.tb_folder, o.resume, o.overwrite,
-                                   student_config(o), enabled=dist.is_main))
+    for trial in trials:
+        held.enter_context(claimed(trial.save_folder, trial.tb_folder, trial.run.resume, trial.run.overwrite,
+                                   student_config(trial), enabled=dist.is_main))
     if dist.is_main:
-        held.enter_context(tee_to(*(os.path.join(o.save_folder, LOG_FILE) for o in trial_opts)))
+        held.enter_context(tee_to(*(os.path.join(trial.save_folder, LOG_FILE) for trial in trials)))
 
 
-def headline(opt: argparse.Namespace, dist: DistContext, members: list[Member], stepping) -> str:
+def headline(config: StudentConfig, dist: DistContext, members: list[Member], stepping) -> str:
     """The line that opens the training: what is distilled, where, and where it is saved."""
-    what = (f"distilling {opt.model_t} -> {opt.model_s} with {opt.distill} "
-            f"(r={opt.gamma}, a={opt.alpha}, b={opt.beta}) for {opt.epochs} epochs")
+    models, method = config.model, config.method
+    what = (f"distilling {models.model_t} -> {models.model_s} with {method.distill} "
+            f"(r={method.gamma}, a={method.alpha}, b={method.beta}) for {config.optim.epochs} epochs")
     if len(members) == 1:
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
         return f"{what} on {dist.device}{processes}; saving to {members[0].run.save_folder}"
@@ -204,101 +207,104 @@ def headline(opt: argparse.Namespace, dist: DistContext, members: list[Member], 
     return f"{what} on {dist.device}, {len(members)} trials in one process ({how}); saving to {folders}"
 
 
-def write_results(opt: argparse.Namespace, members: list[Member], teacher_acc: float,
+def write_results(config: StudentConfig, members: list[Member], teacher_acc: float,
                   dist: DistContext, wall_time_s: float) -> None:
     """Each finished trial's ``test_last_metrics.json`` (rank 0), with its provenance."""
     if not dist.is_main:
         return
-    teacher = {"path": opt.path_t, "sha256": file_sha256(opt.path_t), "test_acc": teacher_acc}
+    path = config.model.path_t
+    teacher = {"path": path, "sha256": file_sha256(path), "test_acc": teacher_acc}
     for member in members:
         if member.last and not member.failure:
             write_json_atomic(os.path.join(member.run.save_folder, METRICS_FILE),
-                              results_record(member.opt, member.last, teacher, wall_time_s))
+                              results_record(member.config, member.last, teacher, wall_time_s))
 
 
-def results_record(opt: argparse.Namespace, last: dict, teacher: dict, wall_time_s: float) -> dict:
+def results_record(config: StudentConfig, last: dict, teacher: dict, wall_time_s: float) -> dict:
     """``test_last_metrics.json``: the last test metrics (``test_acc``, ``test_acc_top5``,
     ``test_loss``, ``epoch``) and their provenance: planned and reached epoch, the resolved
     configuration, the teacher (path, sha256, test accuracy), the versions of torch and of the
     project, and this process's wall time."""
-    return {**last, "planned_epochs": opt.epochs, "reached_epoch": last["epoch"],
-            "config": student_config(opt), "teacher": teacher,
+    return {**last, "planned_epochs": config.optim.epochs, "reached_epoch": last["epoch"],
+            "config": student_config(config), "teacher": teacher,
             "versions": {"torch": torch.__version__, "project": project_version()},
             "wall_time_s": round(wall_time_s, 1)}
 
 
-def prepare_trials(opt: argparse.Namespace, dist: DistContext, trial_opts: list | None = None,
+def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig] | None = None,
                    teacher_ckpt=None) -> tuple[list[Member], object, object, float]:
-    """Teacher, data, every trial of the run (``trial_opts``, default :func:`trial_options`;
-    the init stage of two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`);
+    """Teacher, data, every trial of the run (``trials``, default :func:`trial_configs`; the
+    init stage of two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`);
     returns ``(members, stepping, test_loader, teacher test accuracy)``."""
-    set_seed(opt.seed)
-    device = dist.device
-    finalize_device(opt, device)
-    opt.model_t, teacher = load_teacher(opt.path_t, opt.dataset, device, opt.data_folder, opt.model_t,
-                                        teacher_ckpt)
-    train_loader, test_loader, n_data = loaders_for(opt, device, dist)
-    trial_opts = trial_opts or trial_options(opt, run_name_of)
-    train_loaders = [train_loader] + [train_loader.with_seed(data_seed(o.seed, o.trial))
-                                      for o in trial_opts[1:]]
+    config = with_teacher(on_device(config, dist.device), teacher_ckpt)
+    trials = [with_section(on_device(t, dist.device), "model", model_t=config.model.model_t)
+              for t in trials or trial_configs(config)]
+    set_seed(config.run.seed)
+    device, models = dist.device, config.model
+    _, teacher = load_teacher(models.path_t, config.data.dataset, device, config.data.data_folder,
+                              models.model_t, teacher_ckpt)
+    train_loader, test_loader, n_data = loaders_for(config, device, dist)
+    train_loaders = [train_loader] + [train_loader.with_seed(data_seed(t.run.seed, t.run.trial))
+                                      for t in trials[1:]]
     teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
-    print(f"teacher {opt.model_t} ({opt.path_t}) test accuracy: {teacher_acc:.2f}")
-    if opt.channels_last:
+    print(f"teacher {models.model_t} ({models.path_t}) test accuracy: {teacher_acc:.2f}")
+    if config.run.channels_last:
         teacher.to(memory_format=torch.channels_last)
-    parts = [build_trial(o, teacher, loader, test_loader, n_data, dist)
-             for o, loader in zip(trial_opts, train_loaders)]
-    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, opt, opt.amp)
+    parts = [build_trial(t, teacher, loader, test_loader, n_data, dist) for t, loader in zip(trials, train_loaders)]
+    stepping, optimizers = stepping_for(parts, config.run.trials_mode, device, config.run.amp)
     members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
     return members, stepping, test_loader, teacher_acc
 
 
 def student_member(part: TrialParts, optimizer, dist: DistContext, n_trials: int) -> Member:
     """The loop's member of one trial: its run (what is saved and restored), loader and label."""
-    opt = part.opt
-    run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=[part.student, part.method],
+    config = part.config
+    models = config.model
+    run = Run(name=models.model_s, save_folder=config.save_folder, train_modules=[part.student, part.method],
               eval_model=part.student, optimizer=optimizer,
               state_modules={"model": part.student, "method": part.method},
-              extra_state={"arch": opt.model_s, "blocktype": opt.blocktype, "model_t": opt.model_t})
-    label = f"trial {opt.trial} | " if n_trials > 1 else ""
-    return Member(opt, run, part.train_loader, label=label, scaler=make_grad_scaler(dist.device, opt.amp))
+              extra_state={"arch": models.model_s, "blocktype": models.blocktype, "model_t": models.model_t})
+    label = f"trial {config.run.trial} | " if n_trials > 1 else ""
+    return Member(config, run, part.train_loader, label=label, scaler=make_grad_scaler(dist.device, config.run.amp))
 
 
-def loaders_for(opt: argparse.Namespace, device: torch.device, dist: DistContext):
+def loaders_for(config: StudentConfig, device: torch.device, dist: DistContext):
     """``(train_loader, test_loader, n_data)`` of the run (the first trial's data seed, see
     ``data_seed``; other trials take ``train_loader.with_seed``)."""
-    method_cls = get_method(opt.distill)
-    loader_kw = dict(batch_size=opt.batch_size, num_workers=opt.num_workers,
-                     data_folder=opt.data_folder, loader=opt.loader, device=device,
-                     seed=data_seed(opt.seed, opt.trial), drop_last=method_cls.needs_full_batches,
-                     channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
+    method_cls = get_method(config.method.distill)
+    data, run = config.data, config.run
+    loader_kw = dict(batch_size=config.optim.batch_size, num_workers=data.num_workers,
+                     data_folder=data.data_folder, loader=data.loader, device=device,
+                     seed=data_seed(run.seed, run.trial), drop_last=method_cls.needs_full_batches,
+                     channels_last=run.channels_last, rank=dist.rank, world_size=dist.world_size)
     if method_cls.needs_index:
-        opt.nce_k = sample_k(opt.dataset, opt.nce_k)  # digits caps k to its small training split
-        return get_sample_dataloaders(opt.dataset, k=opt.nce_k, mode=opt.mode, **loader_kw)
-    return get_dataloaders(opt.dataset, **loader_kw)
+        crd = config.method.own_of(CRDParams)  # its nce_k already what the data set can yield
+        return get_sample_dataloaders(data.dataset, k=crd.nce_k, mode=crd.mode, **loader_kw)
+    return get_dataloaders(data.dataset, **loader_kw)
 
 
-def build_trial(opt: argparse.Namespace, teacher: torch.nn.Module, train_loader, test_loader,
+def build_trial(config: StudentConfig, teacher: torch.nn.Module, train_loader, test_loader,
                 n_data: int, dist: DistContext) -> TrialParts:
     """Student, method (after the init stage of two-stage methods) and step of one trial.
-    Student and method are initialised from ``opt.seed`` alone, so a trial of ``--trials``
+    Student and method are initialised from the trial's seed alone, so a trial of ``--trials``
     starts where the separate run with its seed starts."""
-    device = dist.device
-    set_seed(opt.seed)
-    student = zoo_for(opt.dataset).build(opt.model_s, num_classes=num_classes(opt.dataset, opt.data_folder),
-                                         blocktype=opt.blocktype)
-    student = place_model(student, dist, sync_bn=opt.sync_bn, channels_last=opt.channels_last)
+    device, run, data = dist.device, config.run, config.data
+    set_seed(run.seed)
+    student = config.zoo().build(config.model.model_s, num_classes=num_classes(data.dataset, data.data_folder),
+                                 blocktype=config.model.blocktype)
+    student = place_model(student, dist, sync_bn=run.sync_bn, channels_last=run.channels_last)
     probe = next(iter(test_loader))[0][:2].to(device).float()
-    method = build_method_for(opt.distill, opt, student, teacher, probe, n_data)
+    method = build_method_for(config, student, teacher, probe, n_data)
     dist.enable_sync(method)
-    if not opt.resume and method.has_init_stage and opt.init_epochs > 0:
-        run_init_stage(opt, student, teacher, method, train_loader, dist)
+    if not run.resume and method.has_init_stage and config.method.init_epochs > 0:
+        run_init_stage(config, student, teacher, method, train_loader, dist)
     set_trainable([method], method.trainable_modules())  # the rest of the method is idle now
-    step = DistillStep(student, teacher, method, loss_weights(opt), compile=opt.compile,
+    step = DistillStep(student, teacher, method, loss_weights(config.method), compile=run.compile,
                        device=device, dist=dist)
-    return TrialParts(opt, student, method, step, train_loader)
+    return TrialParts(config, student, method, step, train_loader)
 
 
-def run_init_stage(opt: argparse.Namespace, student: torch.nn.Module, teacher: torch.nn.Module,
+def run_init_stage(config: StudentConfig, student: torch.nn.Module, teacher: torch.nn.Module,
                    method, train_loader, dist: DistContext) -> list[float]:
     """First stage of AB/FT/FSP: train the method's init modules with the student in eval mode
     (the other parameters frozen meanwhile, so that DDP averages exactly the init modules'), in
@@ -307,19 +313,20 @@ def run_init_stage(opt: argparse.Namespace, student: torch.nn.Module, teacher: t
     TensorBoard folder)."""
     modules = list(method.init_modules(student))
     params = [p for m in modules for p in m.parameters()]
-    lr = method.init_learning_rate(opt.learning_rate, zoo_for(opt.dataset).facts(opt.model_s).low_init_lr)
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+    optim, run, epochs = config.optim, config.run, config.method.init_epochs
+    lr = method.init_learning_rate(optim.learning_rate, config.zoo().facts(config.model.model_s).low_init_lr)
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                                 foreach=True)
-    label = f"trial {opt.trial} | " if opt.trials > 1 else ""
-    policy = InitStageLog(lr)
+    label = f"trial {run.trial} | " if run.trials > 1 else ""
+    policy = InitStageLog(lr, epochs)
     with trainable_only([student, method], modules), \
-            SummaryWriter(opt.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
-        run = Run(name=opt.model_s, save_folder=opt.save_folder, train_modules=modules, eval_model=student,
-                  optimizer=optimizer, state_modules={})
-        member = Member(opt, run, train_loader, label=f"{label}init ", writer=writer)
+            SummaryWriter(config.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
+        init_run = Run(name=config.model.model_s, save_folder=config.save_folder, train_modules=modules,
+                       eval_model=student, optimizer=optimizer, state_modules={})
+        member = Member(config, init_run, train_loader, label=f"{label}init ", writer=writer)
         stepping = OwnSteps([InitStep(student, teacher, method, dist=dist)], eval_modules=(student,))
-        fit([member], stepping, policy, opt.init_epochs,
-            LoopSettings(print_freq=opt.print_freq, desc=f"{opt.distill} init"), dist)
+        fit([member], stepping, policy, epochs,
+            LoopSettings(print_freq=run.print_freq, desc=f"{config.method.distill} init"), dist)
     raise_failures([member])
     return policy.losses
 

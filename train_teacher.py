@@ -25,8 +25,9 @@ from dataset import get_dataloaders, num_classes
 from engine.distill import compile_fn
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import exit_on_user_error
+from engine.config import TeacherConfig, build_teacher_config, dataset_zoo, flat, on_device
 from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
-                            finalize_device, finalize_optimization, print_config, resolved_config)
+                            print_config, resolved_config)
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
 from engine.fit import EvaluateAndSave, LoopSettings, Member, fit, raise_failures
@@ -34,7 +35,7 @@ from engine.loops import make_grad_scaler
 from engine.stepping import OwnSteps
 from engine.trainer import Run, make_optimizer, place_model, report_members, start_members
 from helper.util import data_seed, set_seed
-from models import imagenet_model_dict, model_dict, zoo_for
+from models import imagenet_model_dict, model_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,16 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
-    opt = build_parser().parse_args(argv)
-    zoo_for(opt.dataset).check_name(opt.model, "--model")
-    finalize_optimization(opt, opt.model, env_world_size())
-    opt.model_name = (f"{opt.model}_{opt.dataset}_lr_{opt.base_learning_rate}_decay_{opt.weight_decay}"
-                      f"_trial_{opt.trial}")
-    opt.save_folder = os.path.join("save", "models", opt.model_name)
-    opt.tb_folder = os.path.join("save", "teacher_tensorboards", opt.model_name)
-    check_flag_values(opt)
-    return opt
+def parse_option(argv: list[str] | None = None) -> TeacherConfig:
+    """The configuration of the flags (:func:`engine.config.build_teacher_config`), checked."""
+    flags = vars(build_parser().parse_args(argv))
+    dataset_zoo(flags["dataset"]).check_name(flags["model"], "--model")
+    config = build_teacher_config(flags, env_world_size())
+    check_flag_values(flat(config))
+    return config
 
 
 @exit_on_user_error
@@ -66,55 +64,57 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the teacher in this process (one of several under torchrun); returns the last test
     metrics. Its folder is claimed first and everything printed from then on (the error line
     too) goes into its ``train.log``."""
-    opt = parse_option(argv)
-    if opt.print_config:
-        print_config(teacher_config(opt))
+    config = parse_option(argv)
+    run = config.run
+    if run.print_config:
+        print_config(teacher_config(config))
         return {}
-    with distributed(opt.device, opt.dist_timeout) as dist, contextlib.ExitStack() as held:
-        held.enter_context(claimed(opt.save_folder, opt.tb_folder, opt.resume, opt.overwrite,
-                                   teacher_config(opt), enabled=dist.is_main))
+    with distributed(run.device, run.dist_timeout) as dist, contextlib.ExitStack() as held:
+        config = on_device(config, dist.device)
+        held.enter_context(claimed(config.save_folder, config.tb_folder, run.resume, run.overwrite,
+                                   teacher_config(config), enabled=dist.is_main))
         if dist.is_main:
-            held.enter_context(tee_to(os.path.join(opt.save_folder, LOG_FILE)))
-        member, stepping, test_loader = prepare(opt, dist)
-        start_members([member], opt.resume, dist, [teacher_config(opt)], held)
+            held.enter_context(tee_to(os.path.join(config.save_folder, LOG_FILE)))
+        member, stepping, test_loader = prepare(config, dist)
+        start_members([member], run.resume, dist, [teacher_config(config)], held)
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
-        print(f"training {opt.model} on {opt.dataset} for {opt.epochs} epochs on {dist.device}"
-              f"{processes}; saving to {opt.save_folder}")
-        settings = LoopSettings.from_options(opt, opt.model)
-        fit([member], stepping, EvaluateAndSave(test_loader, dist, settings), opt.epochs, settings, dist)
+        print(f"training {config.model.model} on {config.data.dataset} for {config.optim.epochs} epochs on "
+              f"{dist.device}{processes}; saving to {config.save_folder}")
+        settings = LoopSettings.from_config(config, config.model.model)
+        fit([member], stepping, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)
         report_members([member])
         raise_failures([member])
         return member.last
 
 
-def teacher_config(opt: argparse.Namespace) -> dict:
+def teacher_config(config: TeacherConfig) -> dict:
     """The resolved configuration (``--print_config``; saved with the run's results)."""
-    return resolved_config(opt, build_parser(), save_folder=opt.save_folder)
+    return resolved_config(config, build_parser())
 
 
-def prepare(opt: argparse.Namespace, dist: DistContext) -> tuple[Member, OwnSteps, object]:
+def prepare(config: TeacherConfig, dist: DistContext) -> tuple[Member, OwnSteps, object]:
     """Data, model, optimizer and loss of the teacher run: ``(member, stepping, test_loader)``."""
-    set_seed(opt.seed)
+    run, data, arch = config.run, config.data, config.model.model
+    set_seed(run.seed)
     device = dist.device
-    finalize_device(opt, device)
     train_loader, test_loader, _ = get_dataloaders(
-        opt.dataset, batch_size=opt.batch_size, num_workers=opt.num_workers,
-        data_folder=opt.data_folder, loader=opt.loader, device=device, seed=data_seed(opt.seed, opt.trial),
-        channels_last=opt.channels_last, rank=dist.rank, world_size=dist.world_size)
-    model = zoo_for(opt.dataset).build(opt.model, num_classes=num_classes(opt.dataset, opt.data_folder))
-    model = place_model(model, dist, sync_bn=opt.sync_bn, channels_last=opt.channels_last)
-    optimizer = make_optimizer(model.parameters(), opt)
+        data.dataset, batch_size=config.optim.batch_size, num_workers=data.num_workers,
+        data_folder=data.data_folder, loader=data.loader, device=device, seed=data_seed(run.seed, run.trial),
+        channels_last=run.channels_last, rank=dist.rank, world_size=dist.world_size)
+    model = config.zoo().build(arch, num_classes=num_classes(data.dataset, data.data_folder))
+    model = place_model(model, dist, sync_bn=run.sync_bn, channels_last=run.channels_last)
+    optimizer = make_optimizer(model.parameters(), config.optim)
     trained = dist.wrap(model)
 
     def forward_loss(images, target):
         logits = trained(images)
         return F.cross_entropy(logits, target), logits
 
-    step = compile_fn(forward_loss, device) if opt.compile else forward_loss
-    run = Run(name=opt.model, save_folder=opt.save_folder, train_modules=[model], eval_model=model,
-              optimizer=optimizer, state_modules={"model": model}, extra_state={"arch": opt.model},
-              save_freq=opt.save_freq)
-    member = Member(opt, run, train_loader, scaler=make_grad_scaler(device, opt.amp))
+    step = compile_fn(forward_loss, device) if run.compile else forward_loss
+    trained_run = Run(name=arch, save_folder=config.save_folder, train_modules=[model], eval_model=model,
+                      optimizer=optimizer, state_modules={"model": model}, extra_state={"arch": arch},
+                      save_freq=run.save_freq)
+    member = Member(config, trained_run, train_loader, scaler=make_grad_scaler(device, run.amp))
     return member, OwnSteps([lambda batch, epoch: step(batch.images, batch.target)]), test_loader
 
 

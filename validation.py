@@ -41,7 +41,8 @@ from helper.onnx_io import (OnnxRuntimeModel, image_size, io_shape, load_onnx, m
 from engine.options import (blocktype_hint, check_flag_values, flag_or_record, recorded_architecture_in,
                             str2bool)
 from helper.util import resolve_device
-from models import BLOCK_TYPES, zoo_for
+from engine.config import dataset_zoo
+from models import BLOCK_TYPES
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 
@@ -69,7 +70,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="cifar100", choices=list(DATASETS))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     opt = parser.parse_args(argv)
-    check_flag_values(opt)
+    check_flag_values(vars(opt))
     return opt
 
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> float:
     if is_onnx_file(opt.model_path):
         return validate_onnx(opt)
     device = resolve_device(opt.device)
-    zoo = zoo_for(opt.dataset)
+    zoo = dataset_zoo(opt.dataset)
     if opt.model is not None:
         zoo.check_name(opt.model, "--model")  # a misspelt name is told before the file is read
     checkpoint = load_checkpoint(opt.model_path)

@@ -16,7 +16,9 @@ from typing import Iterable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from distiller_zoo import build_method, get_method
+from distiller_zoo import get_method
+from distiller_zoo.methods import build_distiller
+from engine.config import StudentConfig
 from helper.distributed import DistContext
 from engine.loops import Batch, StepOutput
 
@@ -62,22 +64,27 @@ def outputs_for(model: nn.Module, images: torch.Tensor, method: nn.Module):
     return None, model(images)
 
 
-def build_method_for(name: str, opt, student: nn.Module, teacher: nn.Module,
+def build_method_for(config: StudentConfig, student: nn.Module, teacher: nn.Module,
                      probe: torch.Tensor, n_data: int) -> nn.Module:
-    """:func:`distiller_zoo.build_method` with the feature shapes read off one forward of
-    ``probe`` (a couple of images) through student (in eval mode) and teacher; the method is
-    put on ``probe``'s device."""
-    preact = get_method(name).needs_preact
+    """The method of ``config`` (:func:`distiller_zoo.methods.build_distiller`, with its own
+    parameters and the shared ones) with the feature shapes read off one forward of ``probe``
+    (a couple of images) through student (in eval mode) and teacher; the method is put on
+    ``probe``'s device."""
+    method = config.method
+    preact = get_method(method.distill).needs_preact
     student.eval()
     with torch.no_grad():
         feat_s, _ = student(probe, is_feat=True, preact=preact)
         feat_t, _ = teacher(probe, is_feat=True, preact=preact)
-    return build_method(name, opt, student, teacher, feat_s, feat_t, n_data).to(probe.device)
+    return build_distiller(method.distill, method.shared(config.optim.batch_size), method.params,
+                           student, teacher, feat_s, feat_t, n_data).to(probe.device)
 
 
-def loss_weights(opt) -> dict[str, float]:
-    """The CRD loop's weights: r for classification, a for the KL term, b for the method's own loss."""
-    return {"cls": opt.gamma, "div": opt.alpha, "kd": opt.beta}
+def loss_weights(weights) -> dict[str, float]:
+    """The CRD loop's weights: r for classification, a for the KL term, b for the method's own
+    loss (``weights``: an :class:`engine.config.MethodConfig`, or anything with ``gamma``,
+    ``alpha`` and ``beta``)."""
+    return {"cls": weights.gamma, "div": weights.alpha, "kd": weights.beta}
 
 
 def weighted_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

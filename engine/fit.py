@@ -29,6 +29,7 @@ from typing import Any, Iterable, Protocol
 
 import torch
 
+from engine.config import TrainingConfig
 from engine.loops import (DeviceMeter, NonFiniteLossError, ProgressPrinter, StepOutput, check_finite,
                           loader_length, progress_bar, shows_bar, to_batch, validate)
 from engine.trainer import Progress, Run, save_epoch
@@ -39,9 +40,10 @@ from helper.util import adjust_learning_rate
 @dataclass
 class Member:
     """One model the loop trains: its run (modules, optimizer, save folder), its training
-    loader, its options (learning-rate schedule, epochs) and what the loop records of it."""
+    loader, its configuration (learning-rate schedule, epochs, trial) and what the loop records
+    of it."""
 
-    opt: Any
+    config: TrainingConfig
     run: Run
     train_loader: Any
     label: str = ""                # prefix of its printed lines ("trial 2 | ")
@@ -63,10 +65,11 @@ class LoopSettings:
     terminal: bool | None = None   # show a tqdm bar; None: when stdout is a terminal
 
     @classmethod
-    def from_options(cls, opt: Any, desc: str) -> "LoopSettings":
-        """The settings of a training run's options (progress interval, mixed precision,
+    def from_config(cls, config: TrainingConfig, desc: str) -> "LoopSettings":
+        """The settings of a training run's configuration (progress interval, mixed precision,
         memory format), its bar labelled ``desc``."""
-        return cls(print_freq=opt.print_freq, amp=opt.amp, channels_last=opt.channels_last, desc=desc)
+        run = config.run
+        return cls(print_freq=run.print_freq, amp=run.amp, channels_last=run.channels_last, desc=desc)
 
 
 class Stepping(Protocol):
@@ -189,7 +192,7 @@ def raise_failures(members: list[Member]) -> None:
     if len(members) == 1 and failed:
         raise NonFiniteLossError(failed[0].failure)
     if failed:
-        names = ", ".join(m.opt.trial for m in failed)
+        names = ", ".join(m.config.run.trial for m in failed)
         raise NonFiniteLossError(f"trial(s) {names} stopped ({failed[0].failure}); "
                                  f"the other {len(members) - len(failed)} finished")
 
@@ -213,7 +216,7 @@ class EvaluateAndSave:
     settings: LoopSettings
 
     def start(self, member: Member, epoch: int) -> float:
-        lr = adjust_learning_rate(epoch, member.opt, member.run.optimizer)
+        lr = adjust_learning_rate(epoch, member.config.optim, member.run.optimizer)
         set_loader_epoch(member.train_loader, epoch)
         return lr
 
@@ -230,7 +233,7 @@ class EvaluateAndSave:
         test = self.evaluate(member)
         is_best = test["acc"] > progress.best_acc or not os.path.exists(run.best_path)
         progress.best_acc = max(progress.best_acc, test["acc"])
-        print(f"{member.label}epoch {epoch:3d}/{member.opt.epochs} lr {lr:.4g} | train loss "
+        print(f"{member.label}epoch {epoch:3d}/{member.config.optim.epochs} lr {lr:.4g} | train loss "
               f"{train['loss']:.4f} acc {train['acc']:.2f} | test loss {test['loss']:.4f} acc "
               f"{test['acc']:.2f} top5 {test['acc_top5']:.2f} | best {progress.best_acc:.2f} | "
               f"{seconds:.1f}s", flush=True)
@@ -239,13 +242,13 @@ class EvaluateAndSave:
                     *terms, ("test_loss", test["loss"]), ("test_acc", test["acc"]),
                     ("test_acc_top5", test["acc_top5"]), ("lr", lr))
         if self.dist.is_main:
-            save_epoch(run, member.opt, epoch, test["acc"], progress.best_acc, is_best)
+            save_epoch(run, member.config, epoch, test["acc"], progress.best_acc, is_best)
         return test_metrics(test, epoch)
 
     def nothing_left(self, member: Member) -> dict[str, float]:
         epoch = member.progress.start_epoch - 1
         test = self.evaluate(member)
-        print(f"{member.label}nothing left to train: epoch {epoch} of {member.opt.epochs} is saved; "
+        print(f"{member.label}nothing left to train: epoch {epoch} of {member.config.optim.epochs} is saved; "
               f"its test accuracy {test['acc']:.2f}")
         return test_metrics(test, epoch)
 
@@ -257,6 +260,7 @@ class InitStageLog:
     TensorBoard as ``init_loss``; nothing is evaluated or saved."""
 
     learning_rate: float
+    epochs: int                    # the init stage's length (--init_epochs)
     losses: list[float] = field(default_factory=list)  # each epoch's mean loss, in order
 
     def start(self, member: Member, epoch: int) -> float:
@@ -265,7 +269,7 @@ class InitStageLog:
 
     def end(self, member: Member, epoch: int, lr: float, train: dict[str, float],
             seconds: float) -> dict[str, float]:
-        print(f"{member.label}epoch {epoch:3d}/{member.opt.init_epochs} | loss {train['loss']:.4f}",
+        print(f"{member.label}epoch {epoch:3d}/{self.epochs} | loss {train['loss']:.4f}",
               flush=True)
         log_scalars(member.writer, epoch, ("init_loss", train["loss"]))
         self.losses.append(train["loss"])

@@ -1,9 +1,11 @@
-"""Command-line flag groups shared by the entry scripts (names as in the CRD code).
+"""Command-line flag groups shared by the entry scripts (names as in the CRD code), the checks
+of their values, and the flags a checkpoint may record.
 
-Optimization flags left out take their data set's defaults (:class:`dataset.Schedule`): the CRD
-benchmark's for CIFAR-100 and digits, the standard ResNet recipe (Goyal et al. 2017's linear
-rule) for ImageNet. ``--batch_size`` is per process; under torchrun the learning rate is
-multiplied by the number of processes unless ``--no_lr_scale``.
+Optimization flags left out take their data set's defaults (:class:`dataset.Schedule`, filled
+by :func:`engine.config.optimization_config`): the CRD benchmark's for CIFAR-100 and digits,
+the standard ResNet recipe (Goyal et al. 2017's linear rule) for ImageNet. ``--batch_size`` is
+per process; under torchrun the learning rate is multiplied by the number of processes unless
+``--no_lr_scale``.
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from dataset import DATASETS, dataset_spec, default_loader
+from dataset import DATASETS
 from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
 from helper.util import parse_decay_epochs
-from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO, zoo_for
+from engine.config import TrainingConfig, dataset_zoo, flat
+from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 
@@ -104,75 +107,23 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
                             "measured here, on CPU too)")
 
 
-def finalize_device(opt: argparse.Namespace, device) -> argparse.Namespace:
-    """Memory format: channels_last unless ``--no_channels_last``. On CUDA that is the usual
-    choice; on a 2-core CPU it also measured faster (resnet110 forward at batch 64: 0.72 s NCHW
-    vs 0.45 s; represnet20 training step: 1.04 s vs 0.67 s with separate branches)."""
-    opt.channels_last = device.type in ("cuda", "cpu") and not opt.no_channels_last
-    return opt
-
-
-def finalize_optimization(opt: argparse.Namespace, model_name: str, world_size: int = 1,
-                          default_lr: float | None = None) -> argparse.Namespace:
-    """Fill the data set's defaults of the flags left out (its spec's :class:`dataset.Schedule`),
-    the per-architecture learning rate and the loader kind, and parse the decay epochs.
-
-    The learning rate left out is, on the CIFAR-style schedules, ``default_lr`` when given (a
-    method's published recipe: kdrefine's 0.01), else RepDistiller's rule (0.05; 0.01 for the
-    models registered in the low learning-rate group, :class:`models.registry.ModelFacts`); on
-    ImageNet, the linear rule of its schedule.
-
-    ``opt.base_learning_rate`` is the learning rate of one process (the run names show it);
-    ``opt.learning_rate``, the one trained with, is ``world_size`` times it (linear scaling
-    with the global batch) unless ``opt.no_lr_scale``. ImageNet's default, 0.1 per 256 images
-    of the global batch, is thereby applied once. ``opt.schedule_defaults`` (a frozenset) names
-    the flags filled from the schedule, for :func:`check_flag_values`.
-    """
-    schedule = dataset_spec(opt.dataset).schedule
-    defaulted = set()
-    for key in ("epochs", "batch_size", "lr_decay_epochs", "weight_decay"):
-        if getattr(opt, key) is None:
-            setattr(opt, key, getattr(schedule, key))
-            defaulted.add(key)
-    # which flags the schedule filled, for check_flag_values (a frozenset: not part of the
-    # configuration that checkpoints record)
-    opt.schedule_defaults = frozenset(defaulted)
-    if opt.learning_rate is None:
-        if schedule.lr_per_256 is not None:
-            # 12 significant digits: 0.1 * 3 / 256 names a run lr_0.001171875, not ...0000002
-            opt.learning_rate = float(f"{schedule.lr_per_256 * opt.batch_size / 256:.12g}")
-        elif default_lr is not None:
-            opt.learning_rate = default_lr
-        else:
-            opt.learning_rate = zoo_for(opt.dataset).facts(model_name).default_lr
-    opt.base_learning_rate = opt.learning_rate
-    opt.world_size = world_size
-    if not opt.no_lr_scale:
-        opt.learning_rate = opt.base_learning_rate * world_size
-    opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
-    if opt.loader is None:
-        opt.loader = default_loader(opt.dataset)
-    return opt
-
-
 def option_names(parser: argparse.ArgumentParser) -> list[str]:
     """The destinations of ``parser``'s options (``--learning_rate`` -> ``learning_rate``)."""
     return [a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"]
 
 
-def resolved_config(opt: argparse.Namespace, parser: argparse.ArgumentParser,
-                    **extra: Any) -> dict[str, Any]:
-    """Every option of ``parser`` after defaults and recipes, as plain JSON values, plus
-    ``extra``. ``learning_rate`` is the rate of one process, as the flag means it (under
-    torchrun the run trains with it times the number of processes unless ``--no_lr_scale``)."""
-    config = {}
+def resolved_config(config: TrainingConfig, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Every option of ``parser`` after defaults and recipes, as plain JSON values, and the
+    run's ``save_folder``. ``learning_rate`` is the rate of one process, as the flag means it
+    (under torchrun the run trains with it times the number of processes unless
+    ``--no_lr_scale``)."""
+    values = flat(config)
+    resolved = {}
     for name in option_names(parser):
-        value = getattr(opt, name)
-        if name == "learning_rate":
-            value = opt.base_learning_rate
-        config[name] = list(value) if isinstance(value, tuple) else value
-    config.update(extra)
-    return config
+        value = config.optim.base_learning_rate if name == "learning_rate" else values[name]
+        resolved[name] = list(value) if isinstance(value, tuple) else value
+    resolved["save_folder"] = config.save_folder
+    return resolved
 
 
 def print_config(config: dict[str, Any]) -> None:
@@ -245,18 +196,17 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def check_flag_values(opt: argparse.Namespace) -> None:
+def check_flag_values(values: Mapping[str, Any]) -> None:
     """Refuse, with one line naming the flag, its value and what it may be, every flag value
     that cannot mean what the flag says (:data:`FLAG_RANGES`, ``--seed``, ``--device``,
     ``--lr_decay_epochs``, ``-t`` for a student that has no block types).
 
-    Call it at the end of ``parse_option``, after :func:`finalize_optimization`: the flags left
-    out then hold their data set's defaults, and ``opt.schedule_defaults`` says which were
-    left out. A default decay schedule longer than ``--epochs`` (150,180,210 in a 1-epoch smoke
-    run) is no error: those decays just never happen; decay epochs given explicitly must lie
-    within 1..``--epochs``. Flags ``opt`` lacks are skipped, so every entry script can call it.
+    ``values``: the flat configuration (:func:`engine.config.flat`), whose flags left out hold
+    their data set's defaults and whose ``schedule_defaults`` says which were left out. A
+    default decay schedule longer than ``--epochs`` (150,180,210 in a 1-epoch smoke run) is no
+    error: those decays just never happen; decay epochs given explicitly must lie within
+    1..``--epochs``. Flags ``values`` lacks are skipped, so every entry script can call it.
     """
-    values = vars(opt)  # the flags this script defines (and what parsing derived from them)
     for dest, rule in FLAG_RANGES.items():
         value = values.get(dest)
         if dest == "learning_rate":
@@ -314,7 +264,7 @@ def _check_student_blocktype(values: Mapping[str, Any]) -> None:
     student, blocktype = values.get("model_s"), values.get("blocktype")
     if student is None or blocktype is None:
         return
-    zoo = zoo_for(values.get("dataset") or "cifar100")
+    zoo = dataset_zoo(values.get("dataset") or "cifar100")
     if blocktype != DEFAULT_BLOCKTYPE and student in zoo.models and not zoo.is_rep(student):
         rep = ", ".join(sorted(name for name in zoo.models if zoo.is_rep(name)))
         raise UserError(f"-t/--blocktype {blocktype}: --model_s {student} is not re-parameterizable and "

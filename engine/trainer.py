@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
+from engine.config import OptimConfig, TrainingConfig, config_dict
 from helper.checkpoint import describe_mismatch, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from helper.distributed import DistContext
 from helper.errors import UserError
@@ -29,14 +30,15 @@ from helper.logging_utils import add_config_text
 from models import set_fused
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], opt) -> torch.optim.SGD:
+def make_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.SGD:
     """SGD with momentum and weight decay, as the CRD code: the fused kernel for CUDA
-    parameters, the multi-tensor (foreach) one elsewhere."""
+    parameters, the multi-tensor (foreach) one elsewhere (``optim``: an
+    :class:`engine.config.OptimConfig`, or anything with its three fields)."""
     params = list(params)
     on_cuda = bool(params) and all(p.is_cuda for p in params)
     kernel = {"fused": True} if on_cuda else {"foreach": True}
-    return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
-                           weight_decay=opt.weight_decay, **kernel)
+    return torch.optim.SGD(params, lr=optim.learning_rate, momentum=optim.momentum,
+                           weight_decay=optim.weight_decay, **kernel)
 
 
 def place_model(model: nn.Module, dist: DistContext, sync_bn: bool = False,
@@ -58,12 +60,6 @@ def place_model(model: nn.Module, dist: DistContext, sync_bn: bool = False,
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
-
-
-def config_dict(opt) -> dict[str, Any]:
-    """The run's configuration as plain values (loadable with ``weights_only=True``)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opt).items()
-            if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
 
 
 @dataclass
@@ -121,14 +117,16 @@ def resume(run: Run, path: str) -> Progress:
     return Progress(start_epoch=int(ckpt["epoch"]) + 1, best_acc=float(ckpt.get("best_acc", 0.0)))
 
 
-def save_epoch(run: Run, opt, epoch: int, accuracy: float, best_acc: float, is_best: bool) -> None:
-    """Write the epoch's checkpoints: best, periodic and last (see the module doc)."""
+def save_epoch(run: Run, config: TrainingConfig, epoch: int, accuracy: float, best_acc: float,
+               is_best: bool) -> None:
+    """Write the epoch's checkpoints: best, periodic and last (see the module doc), each with
+    the run's whole configuration (:func:`engine.config.config_dict`) as ``config``."""
     state = {key: module.state_dict() for key, module in run.state_modules.items()}
     state.update(run.extra_state, epoch=epoch, accuracy=accuracy, best_acc=best_acc,
-                 config=config_dict(opt), optimizer=run.optimizer.state_dict())
+                 config=config_dict(config), optimizer=run.optimizer.state_dict())
     if is_best:
         save_checkpoint(state, run.best_path)
-    if run.save_freq and (epoch % run.save_freq == 0 or epoch == opt.epochs):
+    if run.save_freq and (epoch % run.save_freq == 0 or epoch == config.optim.epochs):
         save_checkpoint(state, os.path.join(run.save_folder, f"ckpt_epoch_{epoch}.pth"))
     save_checkpoint({**state, "rng_state": rng_state()}, run.last_path)
 
@@ -145,7 +143,7 @@ def start_members(members: list, resume_flag: str | None, dist: DistContext,
             member.progress = resume(member.run, path)
         if dist.is_main:
             os.makedirs(member.run.save_folder, exist_ok=True)
-            member.writer = held.enter_context(SummaryWriter(member.opt.tb_folder))
+            member.writer = held.enter_context(SummaryWriter(member.config.tb_folder))
             add_config_text(member.writer, config)
 
 

@@ -18,34 +18,31 @@ are stacked too and take one step for all (:mod:`engine.stacked`).
 """
 from __future__ import annotations
 
-import argparse
-import copy
-import os
 from dataclasses import dataclass
 
 import torch
 
+from engine.config import StudentConfig, StudentRun, with_section
 from engine.distill import DistillStep, loss_weights
 from engine.loops import make_grad_scaler
 from engine.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
 from engine.stepping import SharedTeacher, Stacked
 from engine.trainer import make_optimizer
 from helper.errors import UserError
-from helper.naming import STUDENT_SAVE_ROOT
 
 
-def check_trials_flags(opt: argparse.Namespace, world_size: int = 1) -> None:
+def check_trials_flags(run: StudentRun, world_size: int = 1) -> None:
     """One clear line for ``--trials``/``--trial``/``--resume`` combinations that cannot run
     (checked when the flags are parsed, before anything loads)."""
-    n = opt.trials
+    n = run.trials
     if n < 1:
         raise UserError(f"--trials must be at least 1, got {n}")
     if n == 1:
         return
-    if not str(opt.trial).isdigit():
+    if not str(run.trial).isdigit():
         raise UserError(f"--trials {n} numbers its trials from --trial, which must then be an "
-                        f"integer such as 1; got --trial {opt.trial}")
-    if opt.resume not in (None, "auto"):
+                        f"integer such as 1; got --trial {run.trial}")
+    if run.resume not in (None, "auto"):
         raise UserError("--resume CKPT names one checkpoint; with --trials give --resume alone "
                         "(each trial continues from its own <model>_last.pth)")
     if world_size > 1:
@@ -53,52 +50,47 @@ def check_trials_flags(opt: argparse.Namespace, world_size: int = 1) -> None:
                         "trial its own run (scripts/run_trials.py)")
 
 
-def trial_options(opt: argparse.Namespace, run_name) -> list[argparse.Namespace]:
-    """One options object per trial: ``opt`` itself when ``opt.trials`` is 1, else copies with
-    ``trial`` = ``opt.trial + k`` and ``seed`` = ``opt.seed + k`` (None stays None), and each
-    trial's ``model_name``, ``save_folder`` and ``tb_folder`` (``run_name(opt)`` names the run)."""
-    n = opt.trials
-    trials = []
-    for k in range(n):
-        one = opt if n == 1 else copy.copy(opt)
-        if n > 1:
-            one.trial = str(int(opt.trial) + k)
-            one.seed = None if opt.seed is None else opt.seed + k
-        one.model_name = run_name(one)
-        one.save_folder = os.path.join(STUDENT_SAVE_ROOT, one.model_name)
-        one.tb_folder = os.path.join("save", "student_tensorboards", one.model_name)
-        trials.append(one)
-    return trials
+def trial_configs(config: StudentConfig) -> list[StudentConfig]:
+    """One configuration per trial: ``config`` itself for one trial, else copies made with
+    :func:`dataclasses.replace` whose ``trial`` is ``--trial + k`` and ``seed`` ``--seed + k``
+    (None stays None); their folders follow (:meth:`engine.config.StudentConfig.folders`)."""
+    run = config.run
+    if run.trials == 1:
+        return [config]
+    return [with_section(config, "run", trial=str(int(run.trial) + k),
+                         seed=None if run.seed is None else run.seed + k)
+            for k in range(run.trials)]
 
 
 @dataclass
 class TrialParts:
-    """What one trial trains, before its run is assembled: its options, student, method, the
-    distillation step and the training loader."""
+    """What one trial trains, before its run is assembled: its configuration, student, method,
+    the distillation step and the training loader."""
 
-    opt: argparse.Namespace
+    config: StudentConfig
     student: torch.nn.Module
     method: torch.nn.Module
     step: DistillStep
     train_loader: object
 
 
-def stepping_for(parts: list[TrialParts], mode: str, device: torch.device, opt: argparse.Namespace,
+def stepping_for(parts: list[TrialParts], mode: str, device: torch.device,
                  amp: bool = False) -> tuple[SharedTeacher | Stacked, list]:
     """The stepping of the trials and each one's optimizer: with ``mode`` 'stacked' (or
     'auto' on CUDA, for a method :func:`can_stack` accepts) the students stacked
     (:class:`Stacked`, each trial's optimizer a :class:`TrialOptimizer` slice of the stack's,
     the stack's grad scaler for ``amp``);
     else :class:`SharedTeacher` (each trial its own SGD over student and method). One trial
-    is the shared-teacher stepping of one member."""
-    method = parts[0].method
-    if not stacks(mode, method, device, len(parts), opt.distill):
-        optimizers = [make_optimizer((p for m in trainable(part) for p in m.parameters()), opt)
+    is the shared-teacher stepping of one member. The trials differ only in trial and seed,
+    so the first one's configuration says the method and the optimization of all."""
+    method, config = parts[0].method, parts[0].config
+    if not stacks(mode, method, device, len(parts), config.method.distill):
+        optimizers = [make_optimizer((p for m in trainable(part) for p in m.parameters()), part.config.optim)
                       for part in parts]
         return SharedTeacher([part.step for part in parts]), optimizers
     model = StackedStudents([part.student for part in parts])
-    optimizer = make_optimizer(model.stacked_params, opt)
-    step = StackedStep(model, parts[0].step, method, loss_weights(opt))
+    optimizer = make_optimizer(model.stacked_params, config.optim)
+    step = StackedStep(model, parts[0].step, method, loss_weights(config.method))
     slices = [TrialOptimizer(optimizer, list(model.stacked_params), k) for k in range(len(parts))]
     return Stacked(model, step, optimizer, make_grad_scaler(device, amp)), slices
 

@@ -28,9 +28,11 @@ def learning_rate_at(epoch: int, base_lr: float, decay_epochs: Sequence[int], de
     return base_lr * decay_rate ** steps
 
 
-def adjust_learning_rate(epoch: int, opt, optimizer: torch.optim.Optimizer) -> float:
-    """Set every parameter group's learning rate for ``epoch``; returns it."""
-    lr = learning_rate_at(epoch, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate)
+def adjust_learning_rate(epoch: int, schedule, optimizer: torch.optim.Optimizer) -> float:
+    """Set every parameter group's learning rate for ``epoch`` (``schedule``: anything with
+    ``learning_rate``, ``lr_decay_epochs`` and ``lr_decay_rate``, such as the engine's
+    optimization section or the CRD code's options); returns it."""
+    lr = learning_rate_at(epoch, schedule.learning_rate, schedule.lr_decay_epochs, schedule.lr_decay_rate)
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr

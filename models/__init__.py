@@ -11,9 +11,9 @@ from . import resnet, resnetv2, wrn, vgg, mobilenetv2, ShuffleNetv1, ShuffleNetv
 from . import represnet, repvgg, repmobilenetv2, repShuffleNetv1, repwrn  # noqa: E402,F401
 from .rep_blocks import BLOCK_TYPES, reparameterize_model, set_fused  # noqa: E402
 from .imagenet import imagenet_model_dict  # noqa: E402
-from .zoo import ModelZoo, known_model_names, zoo_for, zoo_of  # noqa: E402
+from .zoo import ModelZoo, known_model_names, zoo_of  # noqa: E402
 
 __all__ = ["model_dict", "imagenet_model_dict", "register_model", "build_model", "check_model_name",
            "is_rep_model", "reparameterize_model", "set_fused", "BLOCK_TYPES", "ModelZoo",
            "ModelRegistry", "ModelFacts", "CIFAR_ZOO", "IMAGENET_ZOO", "known_model_names",
-           "zoo_for", "zoo_of", "zoo_named"]
+           "zoo_of", "zoo_named"]

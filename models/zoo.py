@@ -1,5 +1,6 @@
-"""Which model registry a data set uses: the CIFAR zoo (:data:`models.model_dict`) for
-``cifar100``/``digits``, the ImageNet zoo (:data:`models.imagenet_model_dict`) for ``imagenet``.
+"""The two model registries: the CIFAR zoo (:data:`models.model_dict`) and the ImageNet zoo
+(:data:`models.imagenet_model_dict`). Which one a data set uses its spec says
+(:class:`dataset.registry.DatasetSpec`'s ``model_zoo``, read by :func:`engine.config.dataset_zoo`).
 
 Both are :class:`models.registry.ModelRegistry` objects (``ModelZoo`` is its older name); see
 that module for why the zoos stay separate.
@@ -14,12 +15,7 @@ from .registry import CIFAR_ZOO, IMAGENET_ZOO, ZOOS, ModelFacts, ModelRegistry, 
 ModelZoo = ModelRegistry
 
 __all__ = ["ModelZoo", "ModelRegistry", "ModelFacts", "CIFAR_ZOO", "IMAGENET_ZOO", "zoo_named",
-           "zoo_for", "zoo_of", "known_model_names"]
-
-
-def zoo_for(dataset: str) -> ModelRegistry:
-    """The registry of ``dataset``: ImageNet's for ``imagenet``, the CIFAR one otherwise."""
-    return zoo_named("imagenet" if dataset == "imagenet" else "cifar")
+           "zoo_of", "known_model_names"]
 
 
 def known_model_names() -> set[str]:

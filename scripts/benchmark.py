@@ -37,6 +37,8 @@ import train_student  # noqa: E402
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
 from dataset.synthetic import write_fake_cifar100  # noqa: E402
 from distiller_zoo import get_method, method_names  # noqa: E402
+from distiller_zoo.methods import CRDParams  # noqa: E402
+from engine.config import StudentConfig  # noqa: E402
 from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
 from engine.fit import LoopSettings, Member, run_epoch  # noqa: E402
 from engine.loops import make_grad_scaler  # noqa: E402
@@ -78,9 +80,9 @@ def parse_option(argv=None) -> argparse.Namespace:
     return opt
 
 
-def method_options(opt) -> argparse.Namespace:
-    """train_student.py's resolved options (defaults and the method's recipe) for this
-    student, method and batch size: what methods read."""
+def method_options(opt) -> StudentConfig:
+    """train_student.py's configuration (defaults and the method's recipe) for this student,
+    method and batch size: what methods read."""
     return train_student.parse_option(["--path_t", f"{opt.teacher}_vanilla/ckpt_epoch_240.pth",
                                        "--model_s", opt.student, "--distill", opt.distill,
                                        "--batch_size", str(opt.batch_size)])
@@ -103,7 +105,7 @@ class Steps:
 def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
                 seed: int) -> TrialParts:
     """Loader, student, method and step of one path (one trial of it)."""
-    channels_last = fast  # the training scripts' default (engine.options.finalize_device)
+    channels_last = fast  # the training scripts' default (engine.config.on_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
     method_cls = get_method(opt.distill)
     mopt = method_options(opt)
@@ -111,7 +113,8 @@ def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher
                      loader="device" if fast else "torchvision", device=device, seed=seed,
                      channels_last=channels_last, drop_last=True)
     if method_cls.needs_index:
-        train_loader, _, n_data = get_sample_dataloaders("cifar100", k=mopt.nce_k, **loader_kw)
+        crd = mopt.method.own_of(CRDParams)
+        train_loader, _, n_data = get_sample_dataloaders("cifar100", k=crd.nce_k, mode=crd.mode, **loader_kw)
     else:
         train_loader, _, n_data = get_dataloaders("cifar100", **loader_kw)
     torch.manual_seed(seed)
@@ -120,9 +123,8 @@ def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher
     student = build_model(opt.student, num_classes=n_cls, **extra).to(device)
     if channels_last:
         student.to(memory_format=torch.channels_last)
-    method = build_method_for(opt.distill, mopt, student, teacher,
-                              torch.randn(2, 3, 32, 32, device=device), n_data)
-    step = DistillStep(student, teacher, method, loss_weights(mopt),
+    method = build_method_for(mopt, student, teacher, torch.randn(2, 3, 32, 32, device=device), n_data)
+    step = DistillStep(student, teacher, method, loss_weights(mopt.method),
                        compile=fast and opt.compile, device=device)
     return TrialParts(mopt, student, method, step, Steps(train_loader))
 
@@ -136,8 +138,8 @@ def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: in
         teacher.to(memory_format=torch.channels_last)
     parts = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
     amp = fast and opt.amp
-    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, parts[0].opt, amp)
-    members = [Member(part.opt, Run(name=opt.student, save_folder="", train_modules=[part.student, part.method],
+    stepping, optimizers = stepping_for(parts, opt.trials_mode, device, amp)
+    members = [Member(part.config, Run(name=opt.student, save_folder="", train_modules=[part.student, part.method],
                                     eval_model=part.student, optimizer=optimizer, state_modules={}),
                       part.train_loader, scaler=make_grad_scaler(device, amp))
                for part, optimizer in zip(parts, optimizers)]

@@ -32,8 +32,8 @@ TIMEOUT = "0.05"  # minutes: 3 s
 # ---- the flag and the messages ----------------------------------------------------------------
 
 def test_flag_default_and_validation(capsys):
-    assert train_teacher.parse_option([]).dist_timeout == 30.0
-    assert train_student.parse_option(["--path_t", "t.pth", "--dist_timeout", "0.5"]).dist_timeout == 0.5
+    assert train_teacher.parse_option([]).run.dist_timeout == 30.0
+    assert train_student.parse_option(["--path_t", "t.pth", "--dist_timeout", "0.5"]).run.dist_timeout == 0.5
     for bad in ("0", "-1", "nan", "inf"):
         line = exit_message(capsys, train_teacher.main, ["--dist_timeout", bad, "--device", "cpu"])
         assert "--dist_timeout must be a positive number of minutes" in line

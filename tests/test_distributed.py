@@ -23,7 +23,7 @@ from dataset.torchvision_loader import TorchvisionLoader
 from helper.distributed import DistContext, context_from_env, env_world_size
 from helper.errors import UserError
 from engine.loops import DeviceMeter, validate
-from engine.options import finalize_optimization
+from engine.config import optimization_config
 from tests.cifar_fixtures import write_fake_cifar100
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,11 +65,9 @@ def test_single_process_context_is_a_no_op():
 
 def test_learning_rate_scales_linearly_with_processes():
     def lr(world_size, **flags):
-        opt = Namespace(**{"dataset": "cifar100", "epochs": None, "batch_size": None,
-                           "learning_rate": None, "lr_decay_epochs": None, "weight_decay": None,
-                           "no_lr_scale": False, "loader": None, **flags})
-        opt = finalize_optimization(opt, "resnet8", world_size)
-        return opt.base_learning_rate, opt.learning_rate
+        defaults = vars(train_teacher.build_parser().parse_args([]))  # every flag left out
+        optim = optimization_config({**defaults, **flags}, "resnet8", world_size)
+        return optim.base_learning_rate, optim.learning_rate
 
     assert lr(1) == (0.05, 0.05)
     assert lr(4) == (0.05, 0.2)

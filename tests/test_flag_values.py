@@ -4,7 +4,6 @@ and what is allowed, exit 2, before anything loads or trains; good flag sets sti
 (``--print_config`` exits 0 after parsing)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -167,22 +166,21 @@ def test_cuda_index_beyond_the_devices(capsys):
     assert f"--device cuda:{count}" in line
 
 
-def test_check_flag_values_on_a_namespace():
-    """Flags a script lacks are skipped; without finalize's record, decay epochs count as given."""
-    check_flag_values(argparse.Namespace(batch_size=1))
-    check_flag_values(argparse.Namespace())
+def test_check_flag_values_on_a_mapping():
+    """Flags a script lacks are skipped; without the schedule's record, decay epochs count as given."""
+    check_flag_values({"batch_size": 1})
+    check_flag_values({})
     with pytest.raises(UserError, match=r"^--lr_decay_epochs 5: .*1\.\.4"):
-        check_flag_values(argparse.Namespace(epochs=4, lr_decay_epochs="5"))
-    check_flag_values(argparse.Namespace(epochs=4, lr_decay_epochs=[150], schedule_defaults=frozenset(
-        {"lr_decay_epochs"})))
+        check_flag_values({"epochs": 4, "lr_decay_epochs": "5"})
+    check_flag_values({"epochs": 4, "lr_decay_epochs": [150], "schedule_defaults": frozenset({"lr_decay_epochs"})})
     assert "schedule_defaults" not in config_keys()
 
 
 def config_keys() -> set:
-    from engine.trainer import config_dict
+    from engine.config import config_dict
 
-    opt = train_student.parse_option(["--path_t", TEACHER, "--epochs", "1"])
-    return set(config_dict(opt))
+    config = train_student.parse_option(["--path_t", TEACHER, "--epochs", "1"])
+    return set(config_dict(config))
 
 
 def test_convert_checks_its_flags(tmp_path, capsys):

@@ -14,7 +14,7 @@ import convert
 import train_student
 import validation
 from helper.checkpoint import load_checkpoint, recorded_model, save_checkpoint
-from engine.trainer import config_dict
+from engine.config import config_dict
 from models import model_dict
 from tests.cli_helpers import exit_message
 from tests.test_convert import trained_like as convert_trained_like

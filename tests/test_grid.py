@@ -122,22 +122,22 @@ def test_every_cell_steps(workdir, monkeypatch, teacher, student, method):
 def check_cell(workdir, teacher: str, student: str, method: str) -> None:
     """One training step of the cell with its default recipe, or its one-line refusal."""
     torch.set_num_threads(1)
-    opt = train_student.parse_option(argv(workdir, teacher, student, method))
+    config = train_student.parse_option(argv(workdir, teacher, student, method))
     dist = DistContext(torch.device("cpu"))
     mismatch = refused(teacher, student, method)
     if mismatch is not None:
         with pytest.raises(UserError) as err:
-            train_student.prepare_trials(opt, dist)
+            train_student.prepare_trials(config, dist)
         message = str(err.value)
         assert "\n" not in message
         assert str(mismatch[0]) in message and str(mismatch[1]) in message
         return
-    members, stepping, _, _ = train_student.prepare_trials(opt, dist)
-    assert opt.channels_last  # the default memory format
+    members, stepping, _, _ = train_student.prepare_trials(config, dist)
+    assert config.run.channels_last  # the default memory format
     run = members[0].run
     before = [p.detach().clone() for p in run.eval_model.parameters()]
     members[0].train_loader = list(itertools.islice(members[0].train_loader, 1))
-    stats = run_epoch(members, stepping, 1, LoopSettings.from_options(opt, method), dist)[0]
+    stats = run_epoch(members, stepping, 1, LoopSettings.from_config(config, method), dist)[0]
     assert math.isfinite(stats["loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, run.eval_model.parameters()))
 

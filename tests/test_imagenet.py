@@ -270,17 +270,13 @@ def test_imagenet_teacher_student_convert_validate(tmp_path, monkeypatch, capsys
 
 
 def test_imagenet_defaults():
-    from argparse import Namespace
+    import train_teacher
 
-    from engine.options import finalize_optimization
-
-    opt = finalize_optimization(Namespace(dataset="imagenet", epochs=None, batch_size=None,
-                                          learning_rate=None, lr_decay_epochs=None,
-                                          weight_decay=None, loader=None, no_lr_scale=False), "resnet18")
-    assert (opt.epochs, opt.batch_size, opt.learning_rate, opt.lr_decay_epochs, opt.weight_decay,
-            opt.loader) == (100, 256, 0.1, [30, 60, 90], 1e-4, "torchvision")
-    cifar = finalize_optimization(Namespace(dataset="cifar100", epochs=None, batch_size=None,
-                                            learning_rate=None, lr_decay_epochs=None,
-                                            weight_decay=None, loader=None, no_lr_scale=False), "MobileNetV2")
-    assert (cifar.epochs, cifar.batch_size, cifar.learning_rate, cifar.lr_decay_epochs,
-            cifar.weight_decay, cifar.loader) == (240, 64, 0.01, [150, 180, 210], 5e-4, "device")
+    imagenet = train_teacher.parse_option(["--model", "resnet18", "--dataset", "imagenet"])
+    optim = imagenet.optim
+    assert (optim.epochs, optim.batch_size, optim.learning_rate, list(optim.lr_decay_epochs), optim.weight_decay,
+            imagenet.data.loader) == (100, 256, 0.1, [30, 60, 90], 1e-4, "torchvision")
+    cifar = train_teacher.parse_option(["--model", "MobileNetV2"])
+    optim = cifar.optim
+    assert (optim.epochs, optim.batch_size, optim.learning_rate, list(optim.lr_decay_epochs),
+            optim.weight_decay, cifar.data.loader) == (240, 64, 0.01, [150, 180, 210], 5e-4, "device")

@@ -11,7 +11,7 @@ import models
 from engine.model_io import _form_hint
 from helper.errors import UserError
 from models import (CIFAR_ZOO, IMAGENET_ZOO, ModelFacts, ModelRegistry, ModelZoo, imagenet_model_dict,
-                    model_dict, zoo_for, zoo_named, zoo_of)
+                    model_dict, zoo_named, zoo_of)
 from models.imagenet import check_imagenet_model_name, imagenet_rep_model_names
 from models.registry import check_model_name, rep_model_names
 from models.rep_blocks import BLOCK_TYPES, make_conv_bn, reparameterize_model, state_dict_forms
@@ -30,8 +30,10 @@ def test_both_zoos_are_one_class_with_plain_dicts():
     assert CIFAR_ZOO.models is model_dict and IMAGENET_ZOO.models is imagenet_model_dict
     assert type(model_dict) is dict and type(imagenet_model_dict) is dict
     assert zoo_named("cifar") is CIFAR_ZOO and zoo_named("imagenet") is IMAGENET_ZOO
-    assert zoo_for("cifar100") is CIFAR_ZOO and zoo_for("digits") is CIFAR_ZOO
-    assert zoo_for("imagenet") is IMAGENET_ZOO
+    from engine.config import dataset_zoo  # a data set's zoo is its spec's (dataset.registry)
+
+    assert dataset_zoo("cifar100") is CIFAR_ZOO and dataset_zoo("digits") is CIFAR_ZOO
+    assert dataset_zoo("imagenet") is IMAGENET_ZOO
     assert zoo_of("resnet18") is IMAGENET_ZOO and zoo_of("MobileNetV2") is CIFAR_ZOO
     with pytest.raises(ValueError, match="known zoos: cifar, imagenet"):
         zoo_named("svhn")

@@ -83,14 +83,14 @@ def test_teacher_print_config(capsys, tmp_path, monkeypatch):
 
 
 def test_dkd_flags_reach_the_loss():
-    opt = train_student.parse_option(["--path_t", TEACHER, "--distill", "dkd", "--dkd_alpha", "0.5",
-                                      "--dkd_beta", "6", "--dkd_T", "2", "--dkd_warmup", "5"])
+    config = train_student.parse_option(["--path_t", TEACHER, "--distill", "dkd", "--dkd_alpha", "0.5",
+                                         "--dkd_beta", "6", "--dkd_T", "2", "--dkd_warmup", "5"])
     from tests.test_methods import TinyNet, frozen
 
     import torch
 
     student, teacher = TinyNet((8, 8, 16, 32)), frozen(TinyNet((8, 8, 16, 32)))
-    method = train_student.build_method_for("dkd", opt, student, teacher, torch.randn(2, 3, 8, 8), 10)
+    method = train_student.build_method_for(config, student, teacher, torch.randn(2, 3, 8, 8), 10)
     loss = method.criterion_kd
     assert (loss.alpha, loss.beta, loss.temperature, loss.warmup) == (0.5, 6.0, 2.0, 5)
 

@@ -122,9 +122,9 @@ def test_a_diverging_trial_stops_alone(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     build = train_student.build_trial
 
-    def build_with_nan(opt, *args, **kwargs):
-        trial = build(opt, *args, **kwargs)
-        if opt.trial == "8":
+    def build_with_nan(config, *args, **kwargs):
+        trial = build(config, *args, **kwargs)
+        if config.run.trial == "8":
             student_loss = trial.step.student_loss
 
             def poisoned(batch, feat_t, logit_t, epoch):
@@ -233,7 +233,6 @@ STACKABLE = ["attention", "dkd", "kd", "kdrefine", "kdsvd", "nst", "pkt", "simil
 def test_every_stackable_method_gives_the_separate_losses(distill):
     """The methods :func:`can_stack` accepts are exactly the listed ones, and for each the stacked
     loss of two students equals the separate losses (float64); the others fall back."""
-    from types import SimpleNamespace
 
     from engine.distill import DistillStep, build_method_for, freeze, loss_weights
     from engine.loops import Batch
@@ -242,13 +241,12 @@ def test_every_stackable_method_gives_the_separate_losses(distill):
 
     torch.manual_seed(0)
     dtype = torch.float64
-    opt = SimpleNamespace(kd_T=4.0, logit_stand=False, gamma=0.1, alpha=0.9, beta=1.0, feat_dim=16,
-                          nce_k=16, nce_t=0.07, nce_m=0.5, mode="exact", hint_layer=2, init_epochs=1,
-                          epochs=10, batch_size=8, learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
-                          model_s="resnet8", dkd_alpha=1.0, dkd_beta=8.0, dkd_T=4.0, dkd_warmup=20)
+    config = train_student.parse_option(["--path_t", "t.pth", "--model_s", "resnet8", "--distill", distill,
+                                         "-r", "0.1", "-a", "0.9", "-b", "1", "--feat_dim", "16", "--nce_k", "16",
+                                         "--batch_size", "8", "--epochs", "10", "--init_epochs", "1"])
     teacher = freeze(model_dict["resnet20"](num_classes=10).to(dtype))
     students = [model_dict["resnet8"](num_classes=10).to(dtype) for _ in range(2)]
-    method = build_method_for(distill, opt, students[0], teacher, torch.randn(2, 3, 32, 32, dtype=dtype), 100)
+    method = build_method_for(config, students[0], teacher, torch.randn(2, 3, 32, 32, dtype=dtype), 100)
     assert can_stack(method) == (distill in STACKABLE)
     if distill not in STACKABLE:
         return
@@ -256,9 +254,9 @@ def test_every_stackable_method_gives_the_separate_losses(distill):
     for c, s in zip(copies, students):
         c.load_state_dict(s.state_dict())
         c.train()
-    separate = [DistillStep(c, teacher, method, loss_weights(opt)) for c in copies]
+    separate = [DistillStep(c, teacher, method, loss_weights(config.method)) for c in copies]
     stacked = StackedStudents(students).train()
-    step = StackedStep(stacked, separate[0], method, loss_weights(opt))
+    step = StackedStep(stacked, separate[0], method, loss_weights(config.method))
     batches = [Batch(torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,))) for _ in range(2)]
     losses, logits = step(batches, 1)
     for k in range(2):

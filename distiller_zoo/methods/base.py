@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import torch
 import torch.nn as nn
@@ -69,6 +69,15 @@ class Params:
     def from_options(cls: type[P], opt: object) -> P:
         """The instance holding ``opt``'s value of each field (the default where it has none)."""
         return cls(**{f.name: getattr(opt, f.name) for f in fields(cls) if hasattr(opt, f.name)})
+
+    @classmethod
+    def from_flags(cls: type[P], flags: Mapping[str, Any]) -> P:
+        """The instance of parsed flags (``vars`` of the namespace), which must define every
+        field: a field without its flag is a programming error (:class:`TypeError`)."""
+        missing = [f.name for f in fields(cls) if f.name not in flags]
+        if missing:
+            raise TypeError(f"{cls.__name__}: no flag defines {', '.join(missing)}")
+        return cls(**{f.name: flags[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -268,11 +277,21 @@ def get_method(name: str) -> type[Distiller]:
 def build_method(name: str, opt, student: nn.Module, teacher: nn.Module, feat_s: Feats,
                  feat_t: Feats, n_data: int) -> Distiller:
     """Build the method ``name`` for this student/teacher pair (see :class:`BuildContext`);
-    ``opt`` is read once here, into :class:`SharedParams` and the method's ``params_class``."""
+    ``opt`` (an options object) is read once here, into :class:`SharedParams` and the method's
+    ``params_class``."""
+    params_class = get_method(name).params_class
+    params = params_class.from_options(opt) if params_class is not None else None
+    return build_distiller(name, SharedParams.from_options(opt), params, student, teacher, feat_s, feat_t, n_data)
+
+
+def build_distiller(name: str, shared: SharedParams, params: Params | None, student: nn.Module,
+                    teacher: nn.Module, feat_s: Feats, feat_t: Feats, n_data: int) -> Distiller:
+    """Build the method ``name`` from its parameters: ``shared`` and ``params`` (an instance of
+    its ``params_class``, None for a method without one); see :class:`BuildContext`."""
     cls = get_method(name)
-    params = cls.params_class.from_options(opt) if cls.params_class is not None else None
-    ctx = BuildContext(SharedParams.from_options(opt), params, student, teacher,
-                       list(feat_s or []), list(feat_t or []), n_data)
+    if cls.params_class is not None and not isinstance(params, cls.params_class):
+        raise TypeError(f"{name} takes {cls.params_class.__name__}, got {type(params).__name__}")
+    ctx = BuildContext(shared, params, student, teacher, list(feat_s or []), list(feat_t or []), n_data)
     return cls(ctx)
 
 
