@@ -235,7 +235,9 @@ def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[Studen
                    teacher_ckpt=None) -> tuple[list[Member], object, object, float]:
     """Teacher, data, every trial of the run (``trials``, default :func:`trial_configs`; the
     init stage of two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`);
-    returns ``(members, stepping, test_loader, teacher test accuracy)``."""
+    returns ``(members, stepping, test_loader, teacher test accuracy)``; ``teacher_ckpt``:
+    the loaded ``--path_t``, if it is."""
+    teacher_ckpt = load_checkpoint(config.model.path_t) if teacher_ckpt is None else teacher_ckpt
     config = with_teacher(on_device(config, dist.device), teacher_ckpt)
     trials = [with_section(on_device(t, dist.device), "model", model_t=config.model.model_t)
               for t in trials or trial_configs(config)]

@@ -5,12 +5,18 @@ the UCI "Optical Recognition of Handwritten Digits" set). We scale values to 0..
 (``round(v * 255 / 16)``), upsample 8x8 -> 32x32 by nearest-neighbour replication (each pixel
 becomes a 4x4 block: exact, no interpolated values, statistics unchanged) and repeat the grey
 channel three times, so every CIFAR model runs unchanged. The split is 80/20, stratified by
-class, with ``train_test_split(..., random_state=0)`` (1,437 train / 360 test). Training
+class, with ``train_test_split(..., random_state=0)`` (1,437 train / 360 test), whose indices
+are stored in ``digits_split.json`` (the split does not depend on the installed scikit-learn).
+The images are read from the file scikit-learn ships (``datasets/data/digits.csv.gz``, what
+``load_digits`` reads) without importing scikit-learn, which takes seconds. Training
 augmentation is the CIFAR padded random crop without flips (a mirrored digit is another
 symbol), normalized with the training split's own mean and std.
 """
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +31,8 @@ NUM_CLASSES = 10
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 UPSAMPLE = 4  # 8x8 -> 32x32
+#: The train and test indices of the split, in the order train_test_split returns them.
+SPLIT_FILE = Path(__file__).with_name("digits_split.json")
 
 
 def _to_rgb32(images8: np.ndarray) -> np.ndarray:
@@ -34,16 +42,33 @@ def _to_rgb32(images8: np.ndarray) -> np.ndarray:
     return np.repeat(big[..., None], 3, axis=3)
 
 
-def load_digits_data() -> ImageData:
-    """The digits set, split and upsampled; ``mean``/``std`` from the training split."""
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """``(images (1797, 8, 8) float64 0..16, labels int64)``: scikit-learn's bundled file read
+    directly, else (a scikit-learn that keeps it elsewhere) through ``load_digits``."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        with gzip.open(path, "rt") as fh:
+            table = np.loadtxt(fh, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits  # imported here: scikit-learn loads slowly
-    from sklearn.model_selection import train_test_split
 
     raw = load_digits()
-    labels = raw.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_FRACTION,
-                                           random_state=SPLIT_SEED, stratify=labels)
-    images = _to_rgb32(raw.images)
+    return raw.images, raw.target.astype(np.int64)
+
+
+def split_indices() -> tuple[np.ndarray, np.ndarray]:
+    """The stored ``(train, test)`` indices (:data:`SPLIT_FILE`)."""
+    with open(SPLIT_FILE) as fh:
+        split = json.load(fh)
+    return np.asarray(split["train"], dtype=np.int64), np.asarray(split["test"], dtype=np.int64)
+
+
+def load_digits_data() -> ImageData:
+    """The digits set, split and upsampled; ``mean``/``std`` from the training split."""
+    raw_images, labels = bundled_digits()
+    train_idx, test_idx = split_indices()
+    images = _to_rgb32(raw_images)
     train_x = images[train_idx]
     scaled = train_x.astype(np.float64) / 255.0
     mean = tuple(float(v) for v in scaled.mean(axis=(0, 1, 2)))

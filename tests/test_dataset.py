@@ -6,6 +6,8 @@ import http.server
 import pickle
 import pickletools
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -24,6 +26,8 @@ from dataset.device_loader import DeviceLoader, augment_batch, derive_seed, norm
 from helper.errors import UserError
 from tests.cifar_fixtures import (py2_pickle_bytes, write_fake_cifar100,
                                   write_fake_cifar100_archive)
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 N_TRAIN, N_TEST = 600, 200
 
@@ -506,6 +510,24 @@ def test_digits_split_shapes_and_statistics():
     images, labels = D.load_test_split("digits")
     assert images.shape == (360, 3, 32, 32) and images.dtype == torch.uint8
     assert torch.equal(labels, torch.from_numpy(data.test_labels))
+
+
+def test_digits_are_what_scikit_learn_gives_without_importing_it():
+    """The file read directly is load_digits' data, and the stored split is train_test_split's
+    (in its order), so reading them without scikit-learn changes no digits result."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = digits.bundled_digits()
+    raw = load_digits()
+    assert np.array_equal(images, raw.images) and np.array_equal(labels, raw.target)
+    train, test = train_test_split(np.arange(len(labels)), test_size=digits.TEST_FRACTION,
+                                   random_state=digits.SPLIT_SEED, stratify=labels)
+    stored_train, stored_test = digits.split_indices()
+    assert np.array_equal(stored_train, train) and np.array_equal(stored_test, test)
+    code = "import sys; from dataset import digits; digits.load_digits_data(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("kind", ["device", "torchvision"])
