@@ -80,7 +80,7 @@ def parse_option(argv=None) -> argparse.Namespace:
     return opt
 
 
-def method_options(opt) -> StudentConfig:
+def method_options(opt: argparse.Namespace) -> StudentConfig:
     """train_student.py's configuration (defaults and the method's recipe) for this student,
     method and batch size: what methods read."""
     return train_student.parse_option(["--path_t", f"{opt.teacher}_vanilla/ckpt_epoch_240.pth",
@@ -102,7 +102,7 @@ class Steps:
         return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.n)
 
 
-def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
+def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
                 seed: int) -> TrialParts:
     """Loader, student, method and step of one path (one trial of it)."""
     channels_last = fast  # the training scripts' default (engine.config.on_device)
@@ -129,7 +129,7 @@ def build_trial(opt, data_folder: str, device: torch.device, fast: bool, teacher
     return TrialParts(mopt, student, method, step, Steps(train_loader))
 
 
-def run_path(opt, data_folder: str, device: torch.device, fast: bool, trials: int = 1) -> dict:
+def run_path(opt: argparse.Namespace, data_folder: str, device: torch.device, fast: bool, trials: int = 1) -> dict:
     """Build one path (``trials`` students for ``--trials``); time ``opt.steps`` steps."""
     torch.manual_seed(0)
     channels_last = fast

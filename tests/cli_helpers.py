@@ -14,10 +14,11 @@ TEACHER_LAST = os.path.join("save", "models", TEACHER_RUN, "resnet8_last.pth")
 FAST = ["--batch_size", "32", "--print_freq", "2", "--seed", "0", "--num_workers", "0"]
 
 
-def teacher_workdir(tmp_path_factory, name: str = "pipeline"):
-    """A folder with small CIFAR-100 files under ./data and a 2-epoch resnet8 teacher."""
+def teacher_workdir(tmp_path_factory, name: str = "pipeline", n_train: int = 128):
+    """A folder with small CIFAR-100 files under ./data (``n_train`` training images: 4 steps
+    of ``--batch_size 32`` per epoch by default) and a 2-epoch resnet8 teacher."""
     root = tmp_path_factory.mktemp(name)
-    write_fake_cifar100(root / "data", n_train=256, n_test=128, seed=0)
+    write_fake_cifar100(root / "data", n_train=n_train, n_test=128, seed=0)
     old = os.getcwd()
     os.chdir(root)
     try:

@@ -32,7 +32,7 @@ LINE = re.compile(r"^Epoch: \[(\d+)\]\[(\d+)/(\d+)\]\tTime \d+\.\d{3} \(\d+\.\d{
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """Small CIFAR-format files and a short resnet8 teacher (students train from it)."""
-    return teacher_workdir(tmp_path_factory, "logs")
+    return teacher_workdir(tmp_path_factory, "logs", n_train=256)  # 8 steps per epoch: lines at 2, 4, 6, 8
 
 
 def events(folder: str) -> EventAccumulator:
