@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return print_student_config(config)
     started = time.time()
     with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
-        teacher_ckpt = load_checkpoint(config.model.path_t)
-        config = with_teacher(on_device(config, dist.device), teacher_ckpt)
-        trials = trial_configs(config)
+        config, trials, teacher_ckpt = ready_trials(config, dist)
         hold_folders(held, trials, dist)
         members, stepping, test_loader, teacher_acc = prepare_trials(config, dist, trials, teacher_ckpt)
         start_members(members, config.run.resume, dist, [student_config(t) for t in trials], held)
@@ -166,6 +164,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_results(config, members, teacher_acc, dist, time.time() - started)
         raise_failures(members)
         return members[0].last
+
+
+def ready_trials(config: StudentConfig, dist: DistContext) -> tuple[StudentConfig, list[StudentConfig], object]:
+    """What parsing cannot know, read once: the teacher file (``--path_t``), its architecture
+    (:func:`with_teacher`) and the device's memory format (:func:`engine.config.on_device`).
+    Returns the run's configuration with them, each trial's (:func:`engine.trials.trial_configs`)
+    and the loaded teacher file, for :func:`prepare_trials`."""
+    teacher_ckpt = load_checkpoint(config.model.path_t)
+    config = with_teacher(on_device(config, dist.device), teacher_ckpt)
+    return config, trial_configs(config), teacher_ckpt
 
 
 def with_teacher(config: StudentConfig, ckpt) -> StudentConfig:
@@ -231,16 +239,11 @@ def results_record(config: StudentConfig, last: dict, teacher: dict, wall_time_s
             "wall_time_s": round(wall_time_s, 1)}
 
 
-def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig] | None = None,
-                   teacher_ckpt=None) -> tuple[list[Member], object, object, float]:
-    """Teacher, data, every trial of the run (``trials``, default :func:`trial_configs`; the
-    init stage of two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`);
-    returns ``(members, stepping, test_loader, teacher test accuracy)``; ``teacher_ckpt``:
-    the loaded ``--path_t``, if it is."""
-    teacher_ckpt = load_checkpoint(config.model.path_t) if teacher_ckpt is None else teacher_ckpt
-    config = with_teacher(on_device(config, dist.device), teacher_ckpt)
-    trials = [with_section(on_device(t, dist.device), "model", model_t=config.model.model_t)
-              for t in trials or trial_configs(config)]
+def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig],
+                   teacher_ckpt) -> tuple[list[Member], object, object, float]:
+    """Teacher, data, every trial of the run (the init stage of two-stage methods done) and
+    their stepping (:func:`engine.trials.stepping_for`), from what :func:`ready_trials`
+    returns; returns ``(members, stepping, test_loader, teacher test accuracy)``."""
     set_seed(config.run.seed)
     device, models = dist.device, config.model
     _, teacher = load_teacher(models.path_t, config.data.dataset, device, config.data.data_folder,

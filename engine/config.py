@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, TypeVar
 from dataset import dataset_spec, default_loader, sample_k
 from distiller_zoo.methods import CRDParams, Params, SharedParams, get_method, method_params_classes
 from helper.naming import STUDENT_SAVE_ROOT, run_name_of
-from helper.util import parse_decay_epochs
+from helper.util import dataclass_from_flags, parse_decay_epochs
 from models import zoo_named
 from models.registry import ModelRegistry
 
@@ -44,13 +44,9 @@ class Section:
 
     @classmethod
     def from_flags(cls: type[S], flags: Mapping[str, Any], **derived: Any) -> S:
-        """The section holding, for each field, ``derived``'s value or else the flag's.
-        A field neither fills is a programming error, raised as a :class:`TypeError`."""
-        names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in derived and name not in flags]
-        if missing:
-            raise TypeError(f"{cls.__name__}: no flag defines {', '.join(missing)}")
-        return cls(**{name: derived[name] if name in derived else flags[name] for name in names})
+        """The section holding, for each field, ``derived``'s value or else the flag's
+        (:func:`helper.util.dataclass_from_flags`: a field neither fills is a ``TypeError``)."""
+        return dataclass_from_flags(cls, flags, **derived)
 
     def items(self) -> Iterator[tuple[str, Any]]:
         """``(flag name, value)`` of every field."""
@@ -96,12 +92,15 @@ class MethodConfig(Section):
     def params(self) -> Params | None:
         """The parameters of the chosen method (None for a method without any)."""
         wanted = get_method(self.distill).params_class
-        return next((p for p in self.own if type(p) is wanted), None) if wanted else None
+        return self.own_of(wanted) if wanted else None
 
     def own_of(self, cls: type[P]) -> P:
         """The parameters of class ``cls`` (``CRDParams`` hold the sample loader's ``--nce_k``
         and ``--mode`` for every method that reads sample indices)."""
-        return next(p for p in self.own if type(p) is cls)
+        for params in self.own:
+            if type(params) is cls:
+                return params
+        raise TypeError(f"{cls.__name__} is not among the registered methods' parameters")
 
     def shared(self, batch_size: int) -> SharedParams:
         """What every method reads (:class:`distiller_zoo.methods.SharedParams`)."""

@@ -22,7 +22,7 @@ from dataset import DATASETS
 from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
 from helper.util import parse_decay_epochs
-from engine.config import TrainingConfig, dataset_zoo, flat
+from engine.config import TrainingConfig, config_dict, dataset_zoo
 from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
@@ -117,12 +117,10 @@ def resolved_config(config: TrainingConfig, parser: argparse.ArgumentParser) -> 
     run's ``save_folder``. ``learning_rate`` is the rate of one process, as the flag means it
     (under torchrun the run trains with it times the number of processes unless
     ``--no_lr_scale``)."""
-    values = flat(config)
-    resolved = {}
-    for name in option_names(parser):
-        value = config.optim.base_learning_rate if name == "learning_rate" else values[name]
-        resolved[name] = list(value) if isinstance(value, tuple) else value
-    resolved["save_folder"] = config.save_folder
+    recorded = config_dict(config)
+    resolved = {name: recorded[name] for name in option_names(parser)}
+    resolved["learning_rate"] = config.optim.base_learning_rate
+    resolved["save_folder"] = recorded["save_folder"]
     return resolved
 
 

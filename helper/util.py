@@ -2,12 +2,26 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from dataclasses import fields
+from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 
 from helper.errors import UserError
+
+D = TypeVar("D")
+
+
+def dataclass_from_flags(cls: type[D], flags: Mapping[str, Any], **derived: Any) -> D:
+    """The dataclass ``cls`` holding, for each field, ``derived``'s value or else the parsed
+    flag's (``flags``: ``vars`` of the namespace). A field neither fills is a programming error
+    (a setting no flag defines), raised as a :class:`TypeError`."""
+    names = [f.name for f in fields(cls)]
+    missing = [name for name in names if name not in derived and name not in flags]
+    if missing:
+        raise TypeError(f"{cls.__name__}: no flag defines {', '.join(missing)}")
+    return cls(**{name: derived[name] if name in derived else flags[name] for name in names})
 
 
 def parse_decay_epochs(text: str | Sequence[int]) -> list[int]:

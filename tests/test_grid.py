@@ -122,17 +122,19 @@ def test_every_cell_steps(workdir, monkeypatch, teacher, student, method):
 def check_cell(workdir, teacher: str, student: str, method: str) -> None:
     """One training step of the cell with its default recipe, or its one-line refusal."""
     torch.set_num_threads(1)
-    config = train_student.parse_option(argv(workdir, teacher, student, method))
+    parsed = train_student.parse_option(argv(workdir, teacher, student, method))
     dist = DistContext(torch.device("cpu"))
     mismatch = refused(teacher, student, method)
     if mismatch is not None:
         with pytest.raises(UserError) as err:
-            train_student.prepare_trials(config, dist)
+            config, trials, teacher_ckpt = train_student.ready_trials(parsed, dist)
+            train_student.prepare_trials(config, dist, trials, teacher_ckpt)
         message = str(err.value)
         assert "\n" not in message
         assert str(mismatch[0]) in message and str(mismatch[1]) in message
         return
-    members, stepping, _, _ = train_student.prepare_trials(config, dist)
+    config, trials, teacher_ckpt = train_student.ready_trials(parsed, dist)
+    members, stepping, _, _ = train_student.prepare_trials(config, dist, trials, teacher_ckpt)
     assert config.run.channels_last  # the default memory format
     run = members[0].run
     before = [p.detach().clone() for p in run.eval_model.parameters()]

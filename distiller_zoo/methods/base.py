@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
+from helper.util import dataclass_from_flags
 
 from ..kd import DistillKL, standardize_logits
 
@@ -74,10 +75,7 @@ class Params:
     def from_flags(cls: type[P], flags: Mapping[str, Any]) -> P:
         """The instance of parsed flags (``vars`` of the namespace), which must define every
         field: a field without its flag is a programming error (:class:`TypeError`)."""
-        missing = [f.name for f in fields(cls) if f.name not in flags]
-        if missing:
-            raise TypeError(f"{cls.__name__}: no flag defines {', '.join(missing)}")
-        return cls(**{f.name: flags[f.name] for f in fields(cls)})
+        return dataclass_from_flags(cls, flags)
 
 
 @dataclass(frozen=True)
