@@ -2,6 +2,7 @@
 #                  student -> convert -> validate both forms), printing a results table.
 # make test:       install (with pytest), then run the whole test suite (make test-grid: every
 #                  method on every pair of the KDrefine table, 162 cells).
+# PYTHON=.venv/bin/python (or any interpreter): install into and run with that one (.ci/run does).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 

@@ -23,10 +23,17 @@ the block type ride along as attributes ``arch`` and ``blocktype`` of the ``Orde
 way torch keeps ``_metadata``; ``load_state_dict`` ignores them), so ``validation.py`` needs
 no ``--model``/``-t`` for it either.
 
+The data set is ``--dataset``, else the one the checkpoint records (its ``config``, the
+original code's ``opt``, a deploy file's attribute); a flag contradicting the record stops with
+one line. When known it is recorded too, as the deploy file's attribute ``dataset`` and the ONNX
+file's ``dataset`` metadata entry, so ``validation.py`` evaluates on it without ``--dataset``.
+A file that records none (and no ``--dataset``) records none.
+
 ``--onnx FILE`` writes the deployed model as ONNX as well (:mod:`helper.onnx_io`: opset 18,
 dynamic batch axis, input ``input``, output ``logits``, BN folded into the convs, ``arch``,
-``blocktype`` and ``form`` in its metadata), for 32x32 inputs, or 224x224 for the ImageNet zoo
-(``--dataset imagenet``, the zoo ``represnet18`` lives in). ``--onnx`` alone also exports a plain
+``blocktype``, ``form`` and ``dataset`` in its metadata), for the input size of the data set's
+spec (``image_size``: 32x32, 224x224 for ``--dataset imagenet``, the zoo ``represnet18`` lives
+in; with no data set known, that of the set that selects the model's zoo). ``--onnx`` alone also exports a plain
 model as it is (``resnet20``: its BNs folded) and a file that already holds a deploy form. The
 graph is exported and checked against PyTorch before any file is written; an export that fails
 stops with one line naming the model and the reason and leaves no file.
@@ -38,21 +45,21 @@ import os
 
 import torch
 
-from dataset import DATASETS
+from dataset import dataset_help, dataset_names, dataset_spec
 from helper.checkpoint import atomic_write, load_checkpoint, recorded_model, with_digest
 from helper.errors import UserError, exit_on_user_error
 from helper.run_folder import check_output_file
-from engine.model_io import count_parameters, load_model_from_file
-from helper.onnx_io import OPSET, export_onnx, image_size, node_counts, parameter_count, write_onnx
-from engine.options import (blocktype_hint, check_flag_values, fitting_blocktypes, flag_or_record,
-                            recorded_architecture_in)
+from engine.model_io import count_parameters, load_model_from_file, recorded_dataset
+from helper.onnx_io import OPSET, export_onnx, node_counts, parameter_count, write_onnx
+from engine.options import (OneLineParser, blocktype_hint, check_flag_values, fitting_blocktypes,
+                            flag_or_record, recorded_architecture_in)
 from engine.config import dataset_zoo
-from models import BLOCK_TYPES, IMAGENET_ZOO, ModelZoo, reparameterize_model, zoo_of
+from models import BLOCK_TYPES, ModelZoo, reparameterize_model, zoo_of
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Convert a train-form rep student to deploy form "
+    parser = OneLineParser(description="Convert a train-form rep student to deploy form "
                                                  "and/or export a model to ONNX.")
     parser.add_argument("--load", required=True, help="train-form checkpoint (.pth or .hdf5)")
     parser.add_argument("--save", default=None, help="where to write the deploy state dict")
@@ -64,9 +71,10 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-t", "--blocktype", default=None, choices=list(BLOCK_TYPES),
                         help="training-time block the checkpoint was trained with; default: the one "
                              f"it records, else {DEFAULT_BLOCKTYPE}")
-    parser.add_argument("--dataset", default=None, choices=list(DATASETS),
-                        help="the data set's model zoo and input size (ImageNet: 224x224); default: "
-                             "the zoo that has the architecture")
+    parser.add_argument("--dataset", default=None, choices=list(dataset_names()),
+                        help=f"the data set whose model zoo and input size (its spec's image_size) "
+                             f"to use ({dataset_help()}); default: the data set the checkpoint "
+                             f"records, else the zoo that has the architecture")
     opt = parser.parse_args(argv)
     check_flag_values(vars(opt))
     if opt.save is None and opt.onnx is None:
@@ -132,6 +140,15 @@ def resolve_architecture(opt: argparse.Namespace, checkpoint,
     return arch, blocktype, assumed, zoo
 
 
+def resolve_dataset(opt: argparse.Namespace, checkpoint) -> str | None:
+    """``--dataset``, else the data set the checkpoint records, else None; a flag contradicting
+    the record stops with one line."""
+    recorded = recorded_dataset(checkpoint)
+    if opt.dataset is None and recorded is None:
+        return None
+    return flag_or_record(opt.dataset, recorded, "--dataset", opt.load, "data set")
+
+
 def load_model(opt: argparse.Namespace, checkpoint, arch: str, blocktype: str | None,
                assumed: bool, zoo: ModelZoo) -> tuple[torch.nn.Module, str]:
     """The model in ``--load`` and what it held: ``'train'`` (a rep student's train form),
@@ -152,14 +169,16 @@ def load_model(opt: argparse.Namespace, checkpoint, arch: str, blocktype: str | 
         raise UserError(f"{err}{hint}") from None
 
 
-def export(opt: argparse.Namespace, model: torch.nn.Module, arch: str, blocktype: str | None,
-           zoo: ModelZoo):
-    """The ONNX graph of the deployed (or plain) ``model``, for the zoo's input size."""
-    dataset = opt.dataset or ("imagenet" if zoo is IMAGENET_ZOO else "cifar100")
+def export(model: torch.nn.Module, arch: str, blocktype: str | None, zoo: ModelZoo,
+           dataset: str | None):
+    """The ONNX graph of the deployed (or plain) ``model``, for the input size of ``dataset``'s
+    spec (None: that of the data set that selects the zoo), recording the data set when known."""
+    size = dataset_spec(dataset or zoo.dataset).image_size
     form = "plain" if blocktype is None else "deploy"
-    meta = {"arch": arch, "form": form, **({"blocktype": blocktype} if blocktype else {})}
+    meta = {"arch": arch, "form": form, **({"blocktype": blocktype} if blocktype else {}),
+            **({"dataset": dataset} if dataset else {})}
     label = f"{arch} ({form} form{f', block type {blocktype}' if blocktype else ''})"
-    return export_onnx(model, image_size(dataset), label, meta)
+    return export_onnx(model, size, label, meta)
 
 
 @exit_on_user_error
@@ -171,16 +190,19 @@ def main(argv: list[str] | None = None) -> None:
     elif opt.arch is not None:
         zoo_of(opt.arch)
     checkpoint = load_checkpoint(opt.load)
+    dataset = resolve_dataset(opt, checkpoint)
+    if zoo is None and dataset is not None:
+        zoo = dataset_zoo(dataset)
     arch, blocktype, assumed, zoo = resolve_architecture(opt, checkpoint, zoo)
     model, held = load_model(opt, checkpoint, arch, blocktype, assumed, zoo)
     before = count_parameters(model)
     reparameterize_model(model.eval())
-    proto = export(opt, model, arch, blocktype, zoo) if opt.onnx is not None else None
+    proto = export(model, arch, blocktype, zoo, dataset) if opt.onnx is not None else None
     if held == "train":
         target = opt.save if opt.save is not None else "deploy form"
         if opt.save is not None:
-            payload = with_digest(model.state_dict())
-            payload.arch, payload.blocktype = arch, blocktype  # type: ignore[attr-defined]
+            payload = with_digest(model.state_dict(),  # the digest covers the attributes
+                                  attributes={"arch": arch, "blocktype": blocktype, "dataset": dataset})
             atomic_write(opt.save, lambda f: torch.save(payload, f))
         print(f"converted {opt.load} ({arch}, block type {blocktype}, {before} parameters) -> "
               f"{target} ({count_parameters(model)} parameters)")

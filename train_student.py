@@ -22,15 +22,16 @@ import argparse
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes
 from distiller_zoo import get_method, method_names
-from distiller_zoo.methods import CRDParams, add_method_flags
-from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights,
-                               num_classes_from_state_dict, write_json_atomic)
+from distiller_zoo.methods import DEFAULT_METHOD, add_method_flags
+from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights, num_classes_from_state_dict,
+                               rng_state, set_rng_state, write_json_atomic)
 from engine.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
                             trainable_only)
 from engine.fit import EvaluateAndSave, InitStageLog, LoopSettings, Member, fit, raise_failures
@@ -43,16 +44,16 @@ from helper.provenance import file_sha256, project_version
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
 from engine.config import StudentConfig, build_student_config, dataset_zoo, flat, on_device, with_section
-from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
-                            print_config, resolved_config)
-from engine.trainer import Run, place_model, report_members, start_members
+from engine.options import (OneLineParser, add_data_flags, add_optimization_flags, add_original_flags,
+                            add_run_flags, check_flag_values, counted, print_config, resolved_config)
+from engine.trainer import Run, check_resume, place_model, report_members, start_members
 from engine.trials import TrialParts, check_stacked_start, check_trials_flags, stepping_for, trial_configs
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Distill a student network from a teacher.")
+    parser = OneLineParser(prog="train_student.py", description="Distill a student network from a teacher.")
     group = parser.add_argument_group("models")
     group.add_argument("--path_t", type=str, default=None, help="teacher checkpoint (.pth)")
     group.add_argument("--model_t", type=str, default=None,
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-t", "--blocktype", type=str, default="AMBB", choices=list(BLOCK_TYPES),
                        help="training-time block of re-parameterizable students")
     group = parser.add_argument_group("distillation")
-    group.add_argument("--distill", type=str, default="kdrefine", choices=method_names())
+    group.add_argument("--distill", type=str, default=DEFAULT_METHOD, choices=method_names())
     group.add_argument("--trial", type=str, default="1", help="the experiment id")
     group.add_argument("--trials", type=int, default=1,
                        help="train N students, trials --trial .. --trial+N-1 (seeds --seed .. --seed+N-1), "
@@ -78,14 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight of the KL divergence (default: the method's recipe)")
     group.add_argument("-b", "--beta", type=float, default=None,
                        help="weight of the method's own loss (default: the method's recipe)")
-    group.add_argument("--kd_T", type=float, default=4, help="temperature of the KL divergence")
-    group.add_argument("--logit_stand", action="store_true",
-                       help="logit standardization (Sun et al., CVPR 2024) for kd and dkd")
-    group.add_argument("--init_epochs", type=int, default=30, help="init stage of abound, factor, fsp")
-    add_method_flags(parser)  # CRD's, DKD's and FitNet's flags (distiller_zoo.methods)
+    group.add_argument("--kd_T", type=float, default=None,
+                       help="temperature of the KL divergence (default: the method's recipe, 4 "
+                            "unless its recipe with --logit_stand says otherwise)")
+    group.add_argument("--logit_stand", "--logit-stand", action="store_true",
+                       help="logit standardization (Sun et al., CVPR 2024) for "
+                            f"{', '.join(method_names(lambda m: m.supports_logit_stand))}; a method's "
+                            "recipe with it may differ (see README)")
+    group.add_argument("--init_epochs", type=int, default=30,
+                       help=f"init stage of {', '.join(method_names(lambda m: m.has_init_stage))}")
+    add_method_flags(parser)  # each method's own flags (distiller_zoo.methods)
     add_optimization_flags(parser)
     add_data_flags(parser)
     add_run_flags(parser)
+    add_original_flags(parser, student=True)
     return parser
 
 
@@ -144,17 +151,21 @@ def load_teacher(path: str, dataset: str, device: torch.device, data_folder: str
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Distill in this process (one of several under torchrun); returns the last test metrics
-    (of the first trial with ``--trials``). Every trial's folder is claimed before anything
-    trains, and everything printed from then on (the error line too) goes into its
-    ``train.log``."""
+    (of the first trial with ``--trials``). The run's inputs (teacher, data, every trial's
+    student and method) are read and checked first (:func:`read_inputs`), so that a run refused
+    for them leaves no folder; then every trial's folder is claimed before anything trains, and
+    everything printed from then on (the error line too) goes into its ``train.log``."""
     config = parse_option(argv)
     if config.run.print_config:
         return print_student_config(config)
     started = time.time()
     with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
         config, trials, teacher_ckpt = ready_trials(config, dist)
+        for trial in trials:  # --resume continues each trial's own run, or one line
+            check_resume(trial, trial.model.model_s)
+        inputs = read_inputs(config, dist, trials, teacher_ckpt)
         hold_folders(held, trials, dist)
-        members, stepping, test_loader, teacher_acc = prepare_trials(config, dist, trials, teacher_ckpt)
+        members, stepping, test_loader, teacher_acc = start_trials(config, dist, inputs)
         start_members(members, config.run.resume, dist, [student_config(t) for t in trials], held)
         check_stacked_start(stepping, members)
         print(headline(config, dist, members, stepping))
@@ -170,7 +181,7 @@ def ready_trials(config: StudentConfig, dist: DistContext) -> tuple[StudentConfi
     """What parsing cannot know, read once: the teacher file (``--path_t``), its architecture
     (:func:`with_teacher`) and the device's memory format (:func:`engine.config.on_device`).
     Returns the run's configuration with them, each trial's (:func:`engine.trials.trial_configs`)
-    and the loaded teacher file, for :func:`prepare_trials`."""
+    and the loaded teacher file, for :func:`read_inputs`."""
     teacher_ckpt = load_checkpoint(config.model.path_t)
     config = with_teacher(on_device(config, dist.device), teacher_ckpt)
     return config, trial_configs(config), teacher_ckpt
@@ -206,7 +217,7 @@ def headline(config: StudentConfig, dist: DistContext, members: list[Member], st
     """The line that opens the training: what is distilled, where, and where it is saved."""
     models, method = config.model, config.method
     what = (f"distilling {models.model_t} -> {models.model_s} with {method.distill} "
-            f"(r={method.gamma}, a={method.alpha}, b={method.beta}) for {config.optim.epochs} epochs")
+            f"(r={method.gamma}, a={method.alpha}, b={method.beta}) for {counted(config.optim.epochs, 'epoch')}")
     if len(members) == 1:
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
         return f"{what} on {dist.device}{processes}; saving to {members[0].run.save_folder}"
@@ -225,25 +236,53 @@ def write_results(config: StudentConfig, members: list[Member], teacher_acc: flo
     for member in members:
         if member.last and not member.failure:
             write_json_atomic(os.path.join(member.run.save_folder, METRICS_FILE),
-                              results_record(member.config, member.last, teacher, wall_time_s))
+                              results_record(member.config, member.last, teacher, wall_time_s,
+                                             member.run.extra_state.get("epochs_changed")))
 
 
-def results_record(config: StudentConfig, last: dict, teacher: dict, wall_time_s: float) -> dict:
+def results_record(config: StudentConfig, last: dict, teacher: dict, wall_time_s: float,
+                   epochs_changed: list[dict] | None = None) -> dict:
     """``test_last_metrics.json``: the last test metrics (``test_acc``, ``test_acc_top5``,
     ``test_loss``, ``epoch``) and their provenance: planned and reached epoch, the resolved
     configuration, the teacher (path, sha256, test accuracy), the versions of torch and of the
-    project, and this process's wall time."""
-    return {**last, "planned_epochs": config.optim.epochs, "reached_epoch": last["epoch"],
-            "config": student_config(config), "teacher": teacher,
-            "versions": {"torch": torch.__version__, "project": project_version()},
-            "wall_time_s": round(wall_time_s, 1)}
+    project, this process's wall time and, for a run whose ``--epochs`` a resume changed,
+    ``epochs_changed`` (``[{"at_epoch", "from", "to"}, ...]``)."""
+    record = {**last, "planned_epochs": config.optim.epochs, "reached_epoch": last["epoch"],
+              "config": student_config(config), "teacher": teacher,
+              "versions": {"torch": torch.__version__, "project": project_version()},
+              "wall_time_s": round(wall_time_s, 1)}
+    if epochs_changed:
+        record["epochs_changed"] = epochs_changed
+    return record
 
 
-def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig],
-                   teacher_ckpt) -> tuple[list[Member], object, object, float]:
-    """Teacher, data, every trial of the run (the init stage of two-stage methods done) and
-    their stepping (:func:`engine.trials.stepping_for`), from what :func:`ready_trials`
-    returns; returns ``(members, stepping, test_loader, teacher test accuracy)``."""
+@dataclass
+class BuiltStudent:
+    """One trial's student and method as built from its seed, before any init stage, and the
+    random-number states right after building (where its init stage starts)."""
+
+    config: StudentConfig
+    student: torch.nn.Module
+    method: torch.nn.Module
+    train_loader: object
+    rng: dict
+
+
+@dataclass
+class RunInputs:
+    """What :func:`read_inputs` read and checked: the frozen teacher, the test loader and every
+    trial's :class:`BuiltStudent`."""
+
+    teacher: torch.nn.Module
+    test_loader: object
+    students: list[BuiltStudent]
+
+
+def read_inputs(config: StudentConfig, dist: DistContext, trials: list[StudentConfig],
+                teacher_ckpt) -> RunInputs:
+    """The teacher (its class count and weights checked), the data and every trial's student
+    and method (built, so a method that does not fit the pair stops here), from what
+    :func:`ready_trials` returns. Nothing is written: it runs before the folders are claimed."""
     set_seed(config.run.seed)
     device, models = dist.device, config.model
     _, teacher = load_teacher(models.path_t, config.data.dataset, device, config.data.data_folder,
@@ -251,14 +290,32 @@ def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[Studen
     train_loader, test_loader, n_data = loaders_for(config, device, dist)
     train_loaders = [train_loader] + [train_loader.with_seed(data_seed(t.run.seed, t.run.trial))
                                       for t in trials[1:]]
-    teacher_acc = validate(teacher, test_loader, device, dist=dist)["acc"]
+    students = [build_student(t, teacher, loader, test_loader, n_data, dist)
+                for t, loader in zip(trials, train_loaders)]
+    return RunInputs(teacher, test_loader, students)
+
+
+def start_trials(config: StudentConfig, dist: DistContext,
+                 inputs: RunInputs) -> tuple[list[Member], object, object, float]:
+    """The teacher's test accuracy (printed), every trial of the run (the init stage of
+    two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`); returns
+    ``(members, stepping, test_loader, teacher test accuracy)``."""
+    device, models, teacher = dist.device, config.model, inputs.teacher
+    teacher_acc = validate(teacher, inputs.test_loader, device, dist=dist)["acc"]
     print(f"teacher {models.model_t} ({models.path_t}) test accuracy: {teacher_acc:.2f}")
     if config.run.channels_last:
         teacher.to(memory_format=torch.channels_last)
-    parts = [build_trial(t, teacher, loader, test_loader, n_data, dist) for t, loader in zip(trials, train_loaders)]
+    parts = [build_trial(built, teacher, dist) for built in inputs.students]
     stepping, optimizers = stepping_for(parts, config.run.trials_mode, device, config.run.amp)
     members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
-    return members, stepping, test_loader, teacher_acc
+    return members, stepping, inputs.test_loader, teacher_acc
+
+
+def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig],
+                   teacher_ckpt) -> tuple[list[Member], object, object, float]:
+    """:func:`read_inputs` then :func:`start_trials`, with no folder claimed in between (for
+    tools and tests that build a run without training it)."""
+    return start_trials(config, dist, read_inputs(config, dist, trials, teacher_ckpt))
 
 
 def student_member(part: TrialParts, optimizer, dist: DistContext, n_trials: int) -> Member:
@@ -282,17 +339,18 @@ def loaders_for(config: StudentConfig, device: torch.device, dist: DistContext):
                      data_folder=data.data_folder, loader=data.loader, device=device,
                      seed=data_seed(run.seed, run.trial), drop_last=method_cls.needs_full_batches,
                      channels_last=run.channels_last, rank=dist.rank, world_size=dist.world_size)
-    if method_cls.needs_index:
-        crd = config.method.own_of(CRDParams)  # its nce_k already what the data set can yield
-        return get_sample_dataloaders(data.dataset, k=crd.nce_k, mode=crd.mode, **loader_kw)
+    sampling = config.method.sampling()  # its negatives already what the data set can yield
+    if sampling is not None:
+        k, mode = sampling
+        return get_sample_dataloaders(data.dataset, k=k, mode=mode, **loader_kw)
     return get_dataloaders(data.dataset, **loader_kw)
 
 
-def build_trial(config: StudentConfig, teacher: torch.nn.Module, train_loader, test_loader,
-                n_data: int, dist: DistContext) -> TrialParts:
-    """Student, method (after the init stage of two-stage methods) and step of one trial.
-    Student and method are initialised from the trial's seed alone, so a trial of ``--trials``
-    starts where the separate run with its seed starts."""
+def build_student(config: StudentConfig, teacher: torch.nn.Module, train_loader, test_loader,
+                  n_data: int, dist: DistContext) -> BuiltStudent:
+    """Student and method of one trial, initialised from the trial's seed alone (so a trial of
+    ``--trials`` starts where the separate run with its seed starts); the method is built on
+    the feature shapes of a probe batch, which checks that it fits the pair."""
     device, run, data = dist.device, config.run, config.data
     set_seed(run.seed)
     student = config.zoo().build(config.model.model_s, num_classes=num_classes(data.dataset, data.data_folder),
@@ -301,12 +359,20 @@ def build_trial(config: StudentConfig, teacher: torch.nn.Module, train_loader, t
     probe = next(iter(test_loader))[0][:2].to(device).float()
     method = build_method_for(config, student, teacher, probe, n_data)
     dist.enable_sync(method)
+    return BuiltStudent(config, student, method, train_loader, rng_state())
+
+
+def build_trial(built: BuiltStudent, teacher: torch.nn.Module, dist: DistContext) -> TrialParts:
+    """The init stage of a two-stage method (from the random-number states its build left, as
+    if it had followed at once), then the trial's step."""
+    config, student, method, run = built.config, built.student, built.method, built.config.run
+    set_rng_state(built.rng)
     if not run.resume and method.has_init_stage and config.method.init_epochs > 0:
-        run_init_stage(config, student, teacher, method, train_loader, dist)
+        run_init_stage(config, student, teacher, method, built.train_loader, dist)
     set_trainable([method], method.trainable_modules())  # the rest of the method is idle now
     step = DistillStep(student, teacher, method, loss_weights(config.method), compile=run.compile,
-                       device=device, dist=dist)
-    return TrialParts(config, student, method, step, train_loader)
+                       device=dist.device, dist=dist)
+    return TrialParts(config, student, method, step, built.train_loader)
 
 
 def run_init_stage(config: StudentConfig, student: torch.nn.Module, teacher: torch.nn.Module,

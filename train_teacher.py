@@ -26,20 +26,20 @@ from engine.distill import compile_fn
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import exit_on_user_error
 from engine.config import TeacherConfig, build_teacher_config, dataset_zoo, flat, on_device
-from engine.options import (add_data_flags, add_optimization_flags, add_run_flags, check_flag_values,
-                            print_config, resolved_config)
+from engine.options import (OneLineParser, add_data_flags, add_optimization_flags, add_original_flags,
+                            add_run_flags, check_flag_values, counted, print_config, resolved_config)
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.run_folder import claimed
 from engine.fit import EvaluateAndSave, LoopSettings, Member, fit, raise_failures
 from engine.loops import make_grad_scaler
 from engine.stepping import OwnSteps
-from engine.trainer import Run, make_optimizer, place_model, report_members, start_members
+from engine.trainer import Run, check_resume, make_optimizer, place_model, report_members, start_members
 from helper.util import data_seed, set_seed
 from models import imagenet_model_dict, model_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train a teacher network.")
+    parser = OneLineParser(prog="train_teacher.py", description="Train a teacher network.")
     parser.add_argument("--model", type=str, default="resnet110",
                         help=f"CIFAR: {', '.join(model_dict)}; ImageNet: {', '.join(imagenet_model_dict)}")
     parser.add_argument("--trial", type=str, default="0", help="the experiment id")
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_optimization_flags(parser)
     add_data_flags(parser)
     add_run_flags(parser)
+    add_original_flags(parser, student=False)
     return parser
 
 
@@ -62,8 +63,9 @@ def parse_option(argv: list[str] | None = None) -> TeacherConfig:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train the teacher in this process (one of several under torchrun); returns the last test
-    metrics. Its folder is claimed first and everything printed from then on (the error line
-    too) goes into its ``train.log``."""
+    metrics. Its inputs (data, model) are read and checked first, so that a run refused for
+    them leaves no folder; then its folder is claimed, and everything printed from then on
+    (the error line too) goes into its ``train.log``."""
     config = parse_option(argv)
     run = config.run
     if run.print_config:
@@ -71,14 +73,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {}
     with distributed(run.device, run.dist_timeout) as dist, contextlib.ExitStack() as held:
         config = on_device(config, dist.device)
+        check_resume(config, config.model.model)  # --resume continues this run, or one line
+        member, stepping, test_loader = prepare(config, dist)  # before any folder is made
         held.enter_context(claimed(config.save_folder, config.tb_folder, run.resume, run.overwrite,
                                    teacher_config(config), enabled=dist.is_main))
         if dist.is_main:
             held.enter_context(tee_to(os.path.join(config.save_folder, LOG_FILE)))
-        member, stepping, test_loader = prepare(config, dist)
         start_members([member], run.resume, dist, [teacher_config(config)], held)
         processes = f" x {dist.world_size} processes" if dist.enabled else ""
-        print(f"training {config.model.model} on {config.data.dataset} for {config.optim.epochs} epochs on "
+        print(f"training {config.model.model} on {config.data.dataset} for {counted(config.optim.epochs, 'epoch')} on "
               f"{dist.device}{processes}; saving to {config.save_folder}")
         settings = LoopSettings.from_config(config, config.model.model)
         fit([member], stepping, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)

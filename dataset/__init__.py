@@ -1,8 +1,9 @@
 """Data sets of the benchmark, by name: ``cifar100`` (Krizhevsky 2009; the CRD benchmark of
 Tian et al., ICLR 2020), ``digits`` (scikit-learn's 8x8 handwritten digits, an offline
 stand-in) and ``imagenet`` (an ImageFolder tree, :mod:`dataset.imagenet`; its class count is
-read from the folder). Unknown names raise :class:`helper.errors.UserError` listing the known
-ones.
+read from the folder), and any set registered with :func:`register_dataset` (a file of its own
+imported before the command line is parsed). Unknown names raise
+:class:`helper.errors.UserError` listing the known ones.
 
 What each set is (classes, statistics, schedule, loaders, model zoo) is its
 :class:`dataset.registry.DatasetSpec`; the functions here ask :func:`dataset_spec` and never
@@ -21,14 +22,15 @@ import torch
 from torch import Tensor
 
 from dataset.loaders import LOADER_KINDS, ContrastConfig, Loader, LoaderOptions
-from dataset.registry import (CIFAR_SCHEDULE, DATASETS, IMAGENET_SCHEDULE, DatasetSpec, Schedule,
-                              dataset_spec)
+from dataset.registry import (CIFAR_SCHEDULE, DEFAULT_DATASET, IMAGENET_SCHEDULE, DatasetSpec,
+                              Schedule, dataset_help, dataset_names, dataset_spec, register_dataset)
 from helper.errors import UserError
 
-__all__ = ["CIFAR_SCHEDULE", "DATASETS", "IMAGENET_SCHEDULE", "LOADER_KINDS", "ContrastConfig",
-           "DatasetSpec", "LoaderOptions", "Schedule", "dataset_spec", "default_loader",
-           "get_dataloaders", "get_sample_dataloaders", "get_test_loader", "load_test_split",
-           "num_classes", "normalization", "sample_k"]
+__all__ = ["CIFAR_SCHEDULE", "DEFAULT_DATASET", "IMAGENET_SCHEDULE", "LOADER_KINDS",
+           "ContrastConfig", "DatasetSpec", "LoaderOptions", "Schedule", "dataset_help",
+           "dataset_names", "dataset_spec", "default_loader", "get_dataloaders",
+           "get_sample_dataloaders", "get_test_loader", "load_test_split", "num_classes",
+           "normalization", "register_dataset", "sample_k"]
 
 
 def num_classes(dataset: str, data_folder: str | Path = "./data") -> int:
@@ -74,7 +76,7 @@ def get_sample_dataloaders(dataset: str, batch_size: int = 64, num_workers: int 
     the indices referring to the whole training split (also in a sharded, multi-process run)."""
     spec = dataset_spec(dataset)
     if spec.sample_loaders is None:
-        able = [name for name in DATASETS if dataset_spec(name).sample_loaders is not None]
+        able = [name for name in dataset_names() if dataset_spec(name).sample_loaders is not None]
         raise UserError(f"contrastive sampling (--distill crd) is not available for --dataset "
                         f"{dataset}; it is for: {', '.join(able)}")
     options = LoaderOptions(

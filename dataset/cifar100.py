@@ -1,14 +1,20 @@
 """CIFAR-100 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009).
 
 Reads the official ``cifar-100-python/{train,test,meta}`` files under ``data_folder`` as they
-are (Python 2 protocol-2 pickles loaded with ``encoding='latin1'``; ``str`` or ``bytes`` keys
-both accepted; no checksum or size assumptions about files already present). They are unpickled
-with :class:`helper.safe_pickle.RestrictedUnpickler`: only dicts, lists, str, bytes, numbers and
-numpy arrays can be built, so a rigged file is refused (naming the global it asks for) and never
-runs code; the content is checked too (uint8 ``(N, 3072)`` data, ``N`` integer labels in 0..99). Missing files
-are downloaded once with torchvision's download utility, under a socket timeout, and the
-archive's md5 is verified before it is unpacked. Anything that goes wrong ends in a one-line
-:class:`helper.errors.UserError` naming the file or folder.
+are (Python 2 protocol-2 pickles; their strings read as ``encoding='latin1'`` gives them; ``str``
+or ``bytes`` keys both accepted, as any pickler writes them; no checksum assumptions about files
+already present). They are never unpickled: :func:`helper.pickle_reader.read_pickle` walks their
+opcodes and builds only dicts, lists, tuples, str, bytes, numbers and numeric numpy arrays, the
+arrays itself with ``np.frombuffer`` from the bytes in the file. No global is imported or called:
+the names of numpy's array layout are read as tokens, and a file naming any other global is
+refused, naming it. A file larger than its images can take is refused before it is read, every
+declared length is checked against what is left of the file, an array's raw bytes must match its
+shape exactly and hold at most 50,000 images (``train``; 10,000 for ``test``) of 3072 bytes, and
+containers nest at most :data:`helper.pickle_reader.MAX_DEPTH` levels. The content is checked too
+(uint8 ``(N, 3072)`` data, ``N`` integer labels in 0..99, 100 fine and 20 coarse label names).
+Missing files are downloaded once with torchvision's download utility, under a socket timeout,
+and the archive's md5 is verified before it is unpacked. Anything that goes wrong ends in a
+one-line :class:`helper.errors.UserError` naming the file or folder.
 
 The loaders reproduce the CRD benchmark's data pipeline (Tian et al., CRD, ICLR 2020;
 ``get_cifar100_dataloaders`` and ``get_cifar100_dataloaders_sample`` of RepDistiller).
@@ -16,9 +22,12 @@ The loaders reproduce the CRD benchmark's data pipeline (Tian et al., CRD, ICLR 
 from __future__ import annotations
 
 import contextlib
+import os
+import reprlib
 import socket
+import stat
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +36,7 @@ from torch import Tensor
 from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
                              check_options, memory_test_loader)
 from helper.errors import UserError
-from helper.safe_pickle import RefusedGlobal, numpy_array_globals, restricted_load
+from helper.pickle_reader import PickleError, RefusedGlobal, read_pickle
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -35,6 +44,12 @@ ARCHIVE = "cifar-100-python.tar.gz"
 DIRNAME = "cifar-100-python"
 FILES = ("train", "test", "meta")
 NUM_CLASSES = 100
+#: Images in each split of the official set: the most a file may hold (other names: train's).
+MAX_IMAGES = {"train": 50_000, "test": 10_000}
+IMAGE_BYTES = 3 * 32 * 32
+#: File bytes one image may take: its pixels twice (Python 3 writes bytes at protocol 2 as
+#: UTF-8 text) plus a generous 1 KiB for its file name and labels.
+_MAX_BYTES_PER_IMAGE = 2 * IMAGE_BYTES + 1024
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -137,26 +152,54 @@ _CONTENT = "a CIFAR file holds only dicts, lists, bytes, str, numbers and numpy 
 _REDOWNLOAD = "delete it and download CIFAR-100 again"
 
 
-def load_pickle(path: Path) -> dict[str, object]:
-    """Unpickle an official CIFAR file with ``encoding='latin1'``; keys normalized to ``str``.
+def max_images(path: Path) -> int:
+    """The most images ``path`` may hold: 10,000 for ``test``, 50,000 for any other name."""
+    return MAX_IMAGES.get(path.name, MAX_IMAGES["train"])
 
-    Only numpy's array machinery is allow-listed (:func:`helper.safe_pickle.numpy_array_globals`);
-    any other global stops with a :class:`UserError` naming the file and the global.
-    """
+
+def _open_regular(path: Path) -> IO[bytes]:
+    """``path`` opened for reading, if it is a regular file (a FIFO would block the read)."""
     try:
-        with open(path, "rb") as f:
-            obj = restricted_load(f, numpy_array_globals(), encoding="latin1")
+        mode = os.stat(path).st_mode
     except FileNotFoundError as err:
         raise UserError(f"CIFAR-100 file {path} is missing") from err
-    except IsADirectoryError as err:
-        raise UserError(f"CIFAR-100 file {path} is a directory, not a file; {_REDOWNLOAD}") from err
-    except RefusedGlobal as err:
-        raise UserError(f"{path}: refused to unpickle {err.qualname} ({_CONTENT}); "
-                        f"{_REDOWNLOAD}") from None
-    except Exception as err:  # any unpickling failure means a bad file
-        raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)}); "
-                        "it is truncated or not a CIFAR-100 python file - delete it and "
-                        "download again") from None
+    except OSError as err:
+        raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"CIFAR-100 file {path} is a directory, not a file; {_REDOWNLOAD}")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"CIFAR-100 file {path} is not a regular file (a FIFO, socket or "
+                        f"device); {_REDOWNLOAD}")
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)})") from None
+
+
+def load_pickle(path: Path, images: int | None = None) -> dict[str, object]:
+    """An official CIFAR file's dict, read by :func:`helper.pickle_reader.read_pickle` (never
+    unpickled); keys normalized to ``str``, Python 2 strings as latin-1 ``str``.
+
+    Numpy arrays may hold at most ``images`` (default: :func:`max_images` of the file's name)
+    images' bytes, and the file at most what a pickle of that many images with their names
+    takes (a larger one is refused before it is read); arrays are read-only views of the bytes
+    read from the file. A global other than numpy's array layout stops with a
+    :class:`UserError` naming the file and the global; any other damage, or structure a CIFAR
+    file does not have, with one naming the file and what was found.
+    """
+    images = max_images(path) if images is None else images
+    with _open_regular(path) as f:
+        try:
+            obj = read_pickle(f, max_array_bytes=images * IMAGE_BYTES,
+                              max_file_bytes=images * _MAX_BYTES_PER_IMAGE + 2**20)
+        except RefusedGlobal as err:
+            raise UserError(f"{path}: refused to unpickle {err.qualname} ({_CONTENT}); "
+                            f"{_REDOWNLOAD}") from None
+        except (PickleError, OSError) as err:
+            reason = str(err) if isinstance(err, PickleError) else _reason(err)
+            raise UserError(f"cannot read CIFAR-100 file {path} ({reason}); "
+                            "it is truncated or not a CIFAR-100 python file - delete it and "
+                            "download again") from None
     if not isinstance(obj, dict):
         raise UserError(f"CIFAR-100 file {path} holds a {type(obj).__name__}, not a dict; "
                         f"{_REDOWNLOAD}")
@@ -184,7 +227,7 @@ def _labels(value: object, key: str, path: Path) -> np.ndarray:
                         f"{_REDOWNLOAD}")
     for item in value:
         if not _is_int(item):
-            shown = repr(item)
+            shown = reprlib.repr(item)
             shown = shown if len(shown) <= 30 else shown[:27] + "..."
             raise UserError(f"{bad}are not integers (found the {type(item).__name__} {shown}); "
                             f"{_REDOWNLOAD}")
@@ -195,7 +238,9 @@ def _labels(value: object, key: str, path: Path) -> np.ndarray:
 
 
 def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """One split file -> (images uint8 (N, 32, 32, 3) HWC, fine labels int64 (N,))."""
+    """One split file -> (images uint8 (N, 32, 32, 3) HWC, fine labels int64 (N,)).
+
+    At most :func:`max_images` images (50,000; 10,000 in a file named ``test``)."""
     path = Path(path)
     entry = load_pickle(path)
     for key in ("data", "fine_labels"):
@@ -206,7 +251,7 @@ def read_cifar100_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray):
         raise UserError(f"CIFAR-100 file {path}: 'data' is a {type(data).__name__}, expected a "
                         f"uint8 numpy array (N, 3072); {_REDOWNLOAD}")
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+    if data.ndim != 2 or data.shape[1] != IMAGE_BYTES or data.dtype != np.uint8:
         raise UserError(f"CIFAR-100 file {path}: 'data' is {data.dtype} {data.shape}, expected "
                         "uint8 (N, 3072)")
     if len(data) == 0:

@@ -9,6 +9,20 @@ Training augmentation is the standard one of He et al. 2016 as implemented by to
 reference scripts (RandomResizedCrop 224 + horizontal flip); evaluation resizes to 256 and
 centre-crops 224. Both normalize with the ImageNet channel mean and std.
 
+The tree is indexed by this module (:class:`ImageFolder`), not torchvision's, so that a broken
+tree ends in one line before any epoch starts:
+
+* class folders are the sub-folders of ``train``/``val`` holding at least one image file
+  (symlinked class folders count, as in torchvision); an empty one is no class, so it neither
+  shifts the labels nor counts in a class-count error;
+* below a class folder the walk does not follow directory symlinks (a link to ``.`` cannot
+  loop); a file symlink is followed when it resolves to a regular file, wherever that lies;
+* only regular files are opened: a FIFO, device, socket or broken link named like an image is
+  refused with one line, never read (so nothing blocks);
+* each image's header is read when the set is indexed (a few threads at a time): a file that
+  is no image PIL reads is refused then, not mid-epoch. Pixels are decoded when a batch needs
+  them; an image truncated after a readable header is one line then.
+
 Loaders are :class:`~dataset.torchvision_loader.TorchvisionLoader` objects (``set_epoch``,
 per-epoch reseeding); in a data-parallel run each process reads a ``DistributedSampler`` shard
 of the training set and an exact shard of the validation set.
@@ -16,9 +30,13 @@ of the training set and an exact shard of the validation set.
 from __future__ import annotations
 
 import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from dataset.loaders import LoaderOptions
@@ -29,27 +47,141 @@ from helper.errors import UserError
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LAYOUT = "<data_folder>/train/<class>/*.JPEG and <data_folder>/val/<class>/*.JPEG"
+#: Names of image files (torchvision's ``IMG_EXTENSIONS``), compared in lower case.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: Threads reading image headers while a folder is indexed (the reads wait on the disk).
+CHECK_THREADS = 8
 
 
-class ImageFolderInstance(torch.utils.data.Dataset):
-    """The images of a torchvision ``ImageFolder`` as ``(image, target, index)``; the index feeds
-    instance-level methods (CRD's memory bank)."""
+class ImageFolder(torch.utils.data.Dataset):
+    """The images of an ImageFolder tree (``<folder>/<class>/**/<image>``) as ``(image, target)``,
+    or ``(image, target, index)`` with ``with_index`` (the index feeds instance-level methods:
+    CRD's memory bank). Indexed by :func:`index_image_folder`: every image is checked then, not
+    when an epoch reaches it; ``classes``, ``samples`` and ``targets`` as torchvision's
+    ``ImageFolder`` has them."""
 
-    def __init__(self, folder: str, transform=None) -> None:
-        from torchvision import datasets  # lazily: torchvision takes seconds to import
-
-        self.images = datasets.ImageFolder(folder, transform=transform)
+    def __init__(self, folder: str, transform=None, with_index: bool = False) -> None:
+        self.classes, self.samples = index_image_folder(folder)
+        self.targets = [target for _, target in self.samples]
+        self.transform = transform
+        self.with_index = with_index
 
     def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def classes(self) -> list[str]:
-        return self.images.classes
+        return len(self.samples)
 
     def __getitem__(self, index: int):
-        img, target = self.images[index]
-        return img, target, index
+        path, target = self.samples[index]
+        img = load_image(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        return (img, target, index) if self.with_index else (img, target)
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for reading when it is a regular file, or a symlink that resolves to one;
+    anything else (a FIFO, a device, a socket, a directory, a broken link) is one
+    :class:`UserError` line and is never read from, so nothing blocks."""
+    try:
+        kind = _file_kind(os.stat(path).st_mode)
+        if kind is None:  # checked again on the open file: it may have changed since
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            kind = _file_kind(os.fstat(fd).st_mode)
+            if kind is None:
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+    except OSError as err:
+        what = "a broken symlink" if os.path.islink(path) and not os.path.exists(path) else err.strerror
+        raise UserError(f"cannot open the image {path} ({what}); an image folder holds image files: "
+                        f"remove it or make it readable") from None
+    raise UserError(f"{path} is not a regular file but {kind}; an image folder holds image files: "
+                    f"remove it")
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file, else what the file is (for a message)."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def load_image(path: str) -> Image.Image:
+    """The RGB image in ``path`` (a regular file: :func:`open_regular`); an unreadable or
+    truncated image is one :class:`UserError` line naming it."""
+    return _read_image(path, decode=True)
+
+
+def check_image(path: str) -> None:
+    """Read the header of the image in ``path`` (its format and size, not its pixels); one
+    :class:`UserError` line when it is no regular file or no image PIL reads."""
+    _read_image(path, decode=False)
+
+
+def _read_image(path: str, decode: bool) -> Image.Image | None:
+    with open_regular(path) as f:
+        try:
+            with Image.open(f) as img:
+                return img.convert("RGB") if decode else None
+        except UnidentifiedImageError:
+            raise UserError(f"{path} is not an image (no format PIL reads); remove or replace it") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise UserError(f"{path} is not a readable image ({type(err).__name__}: {reason}); "
+                            f"remove or replace it") from None
+
+
+def _image_paths(class_folder: str, first_only: bool = False) -> list[str]:
+    """The files under ``class_folder`` (any depth) whose names end in an image extension,
+    sorted as torchvision sorts them (by folder, then name). Directory symlinks below the class
+    folder are not followed (a link to ``.`` cannot loop); file symlinks are listed and
+    :func:`open_regular` decides. ``first_only``: stop at the first one found."""
+    found: list[str] = []
+    pending = [class_folder]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as err:
+            raise UserError(f"cannot read the folder {folder} ({err.strerror}); expected {LAYOUT}") from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(entry.path)
+                if first_only:
+                    return found
+    return sorted(found, key=lambda path: (os.path.dirname(path), os.path.basename(path)))
+
+
+def find_classes(folder: str) -> list[str]:
+    """The class folders of an ImageFolder tree that hold at least one image file, sorted: its
+    sub-folders (symlinked ones too, as torchvision takes them); an empty one is no class."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as err:
+        raise UserError(f"cannot read the folder {folder} ({err.strerror}); expected {LAYOUT}") from None
+    return [entry.name for entry in entries
+            if entry.is_dir() and _image_paths(entry.path, first_only=True)]
+
+
+def index_image_folder(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """``(classes, samples)`` of the ImageFolder tree ``folder``: the class folders holding
+    images (:func:`find_classes`) and every image as ``(path, class index)``. Each image is
+    checked (:func:`check_image`, a few threads at a time) before this returns; the first bad
+    one, in sample order, is one :class:`UserError` line."""
+    if not os.path.isdir(folder):
+        raise UserError(f"ImageNet folder {folder} not found; expected {LAYOUT}")
+    classes = find_classes(folder)
+    if not classes:
+        raise UserError(f"no class folder holding images in {folder} (image files end in "
+                        f"{', '.join(IMAGE_EXTENSIONS)}); expected {LAYOUT}")
+    samples = [(path, target) for target, name in enumerate(classes)
+               for path in _image_paths(os.path.join(folder, name))]
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+        for _ in pool.map(check_image, [path for path, _ in samples]):
+            pass
+    return classes, samples
 
 
 def imagenet_transform(train: bool):
@@ -65,37 +197,26 @@ def imagenet_transform(train: bool):
     return transforms.Compose(steps + [transforms.ToTensor(), normalize])
 
 
-def _image_folder(folder: str, train: bool, instance: bool) -> torch.utils.data.Dataset:
-    from torchvision import datasets  # lazily: torchvision takes seconds to import
-
-    if not os.path.isdir(folder):
-        raise UserError(f"ImageNet folder {folder} not found; expected {LAYOUT}")
-    cls = ImageFolderInstance if instance else datasets.ImageFolder
-    try:
-        return cls(folder, transform=imagenet_transform(train))
-    except FileNotFoundError as err:  # no class folders, or a class folder without images
-        raise UserError(f"no images in {folder} ({err}); expected {LAYOUT}") from None
-
-
-def find_classes(folder: str) -> list[str]:
-    """The class folders of an ImageFolder tree, as torchvision finds them."""
-    from torchvision.datasets.folder import find_classes as torchvision_find_classes
-
-    return torchvision_find_classes(folder)[0]
-
-
 def num_imagenet_classes(data_folder: str) -> int:
-    """Number of class folders under ``<data_folder>/train`` (``val`` when there is no
-    ``train``, e.g. for validation only)."""
+    """Number of class folders holding images under ``<data_folder>/train`` (``val`` when there
+    is no ``train``, e.g. for validation only); empty class folders do not count."""
     for split in ("train", "val"):
         folder = os.path.join(data_folder, split)
         if os.path.isdir(folder):
-            try:
-                return len(find_classes(folder))
-            except FileNotFoundError as err:
-                raise UserError(f"no class folders in {folder} ({err}); expected {LAYOUT}") from None
+            classes = find_classes(folder)
+            if not classes:
+                raise UserError(f"no class folder holding images in {folder}; expected {LAYOUT}")
+            return len(classes)
     raise UserError(f"ImageNet folder {os.path.join(data_folder, 'train')} not found; "
                     f"expected {LAYOUT}")
+
+
+def _check_same_classes(val: list[str], train: list[str], folder: str) -> None:
+    """The class folders of ``val`` must be those of ``train`` (else labels would not match)."""
+    if val != train:
+        raise UserError(f"class folders of {os.path.join(folder, 'val')} differ from "
+                        f"those of {os.path.join(folder, 'train')} "
+                        f"({len(val)} vs {len(train)} classes holding images); expected {LAYOUT}")
 
 
 def _loader(dataset: torch.utils.data.Dataset, options: LoaderOptions, *, shuffle: bool,
@@ -110,7 +231,10 @@ def _loader(dataset: torch.utils.data.Dataset, options: LoaderOptions, *, shuffl
 def imagenet_test_loader(options: LoaderOptions) -> TorchvisionLoader:
     """The validation split alone (``<data_folder>/val``), in order; an exact shard of it for
     process ``options.rank`` of ``options.world_size`` (``loader`` and ``device`` unused)."""
-    val_set = _image_folder(os.path.join(str(options.data_folder), "val"), False, False)
+    folder = str(options.data_folder)
+    val_set = ImageFolder(os.path.join(folder, "val"), imagenet_transform(False))
+    if os.path.isdir(os.path.join(folder, "train")):  # the labels the model was trained with
+        _check_same_classes(val_set.classes, find_classes(os.path.join(folder, "train")), folder)
     return _loader(val_set, options, shuffle=False,
                    shard=options.shard(pad=False))
 
@@ -135,13 +259,10 @@ def _build(options: LoaderOptions
     """``(train, val, n_data, num_classes)`` for ``options`` (see
     :func:`build_imagenet_loaders`)."""
     folder = str(options.data_folder)
-    train_set = _image_folder(os.path.join(folder, "train"), True, options.is_instance)
-    val_set = _image_folder(os.path.join(folder, "val"), False, False)
-    if val_set.classes != train_set.classes:
-        raise UserError(f"class folders of {os.path.join(folder, 'val')} differ from "
-                        f"those of {os.path.join(folder, 'train')} "
-                        f"({len(val_set.classes)} vs {len(train_set.classes)} classes); "
-                        f"expected {LAYOUT}")
+    train_set = ImageFolder(os.path.join(folder, "train"), imagenet_transform(True),
+                            with_index=options.is_instance)
+    val_set = ImageFolder(os.path.join(folder, "val"), imagenet_transform(False))
+    _check_same_classes(val_set.classes, train_set.classes, folder)
     train = _loader(train_set, options, shuffle=True, drop_last=options.drop_last,
                     shard=options.shard(pad=True))
     val = _loader(val_set, options, shuffle=False, shard=options.shard(pad=False))

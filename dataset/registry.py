@@ -3,10 +3,16 @@
 A spec says how many classes the set has, how it is normalized, its optimization
 :class:`Schedule` (the defaults of the flags left out), which loader kind it uses by default,
 how its loaders are built (train/test, CRD sampling, the test split alone), how many CRD
-negatives a requested ``k`` yields, and which model zoo its architectures come from. The
-functions of :mod:`dataset` ask the spec and never branch on a data-set name; a new data set is
-one more entry of :data:`SPECS`. Unknown names raise a one-line
-:class:`helper.errors.UserError` listing the known ones.
+negatives a requested ``k`` yields, its models' input size and which model zoo its
+architectures come from. The functions of :mod:`dataset` ask the spec and never branch on a
+data-set name.
+
+A data set registers itself with :func:`register_dataset` (the three built-in ones below, a new
+one from a file of its own); :func:`dataset_names` and :func:`dataset_spec` read the registry
+when called, so a set registered before the command line is parsed is a ``--dataset`` choice of
+every entry script. Unknown names raise a one-line :class:`helper.errors.UserError` listing the
+known ones. No module outside :mod:`dataset` names a data set (``tests/test_dataset_names.py``);
+the default of ``--dataset`` is :data:`DEFAULT_DATASET`.
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ from helper.errors import UserError
 Normalization = tuple[Stats, Stats]
 Loaders = tuple[Loader, Loader, int]
 
-__all__ = ["CIFAR_SCHEDULE", "DATASETS", "IMAGENET_SCHEDULE", "MODEL_ZOOS", "SPECS",
-           "DatasetSpec", "Schedule", "dataset_spec", "requested_k"]
+__all__ = ["CIFAR_SCHEDULE", "DEFAULT_DATASET", "IMAGENET_SCHEDULE", "MODEL_ZOOS", "DatasetSpec",
+           "Schedule", "dataset_help", "dataset_names", "dataset_spec", "register_dataset",
+           "requested_k"]
 
 #: The model zoos a spec may name (:func:`models.zoo_named`).
 MODEL_ZOOS = ("cifar", "imagenet")
@@ -75,11 +82,19 @@ class DatasetSpec:
     test_split: Callable[[str | Path], tuple[Tensor, Tensor]]
     sample_k: Callable[[int, float], int]
     model_zoo: str
+    #: images of the official training split, where the format fixes it (bounds ``--nce_k``)
+    train_images: int | None = None
+    #: height and width of the images its models take (the ONNX export's input size)
+    image_size: int = 32
+    #: what ``--dataset <name>`` means, for the flag's help
+    description: str = ""
 
     def __post_init__(self) -> None:
         if self.default_loader not in LOADER_KINDS:
             raise ValueError(f"{self.name}: default loader {self.default_loader!r} is not one "
                              f"of {', '.join(LOADER_KINDS)}")
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ValueError(f"{self.name}: image size {self.image_size!r} is not a positive int")
         if self.model_zoo not in MODEL_ZOOS:
             raise ValueError(f"{self.name}: model zoo {self.model_zoo!r} is not one of "
                              f"{', '.join(MODEL_ZOOS)}")
@@ -93,36 +108,61 @@ class DatasetSpec:
         return self.stats() if callable(self.stats) else self.stats
 
 
-SPECS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec(name="cifar100", classes=cifar100.NUM_CLASSES,
-                stats=(cifar100.MEAN, cifar100.STD), schedule=CIFAR_SCHEDULE,
-                default_loader="device", loaders=cifar100.cifar100_loaders,
-                sample_loaders=cifar100.cifar100_sample_loaders,
-                test_loader=cifar100.cifar100_test_loader,
-                test_split=cifar100.load_cifar100_test, sample_k=requested_k,
-                model_zoo="cifar"),
-    DatasetSpec(name="digits", classes=digits.NUM_CLASSES, stats=digits.digits_normalization,
-                schedule=CIFAR_SCHEDULE, default_loader="device",
-                loaders=digits.digits_loaders, sample_loaders=digits.digits_sample_loaders,
-                test_loader=digits.digits_test_loader, test_split=digits.load_digits_test,
-                sample_k=digits.digits_sample_k, model_zoo="cifar"),
-    DatasetSpec(name="imagenet", classes=imagenet.num_imagenet_classes,
-                stats=(imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD),
-                schedule=IMAGENET_SCHEDULE, default_loader="torchvision",
-                loaders=imagenet.imagenet_loaders, sample_loaders=None,
-                test_loader=imagenet.imagenet_test_loader,
-                test_split=imagenet.load_imagenet_test_split, sample_k=requested_k,
-                model_zoo="imagenet"),
-)}
+#: The registered data sets by name, in registration order (the order the CLI lists them).
+_SPECS: dict[str, DatasetSpec] = {}
 
-#: The data-set names, in the order the CLI lists them.
-DATASETS: tuple[str, ...] = tuple(SPECS)
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add ``spec`` to the registry under ``spec.name`` and return it; a name registered twice
+    is a ``ValueError`` (a programming error, found at import)."""
+    if not isinstance(spec, DatasetSpec):
+        raise TypeError(f"register_dataset takes a DatasetSpec, not {type(spec).__name__}")
+    if spec.name in _SPECS:
+        raise ValueError(f"dataset {spec.name!r} registered twice")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The names of the data sets registered now, in registration order."""
+    return tuple(_SPECS)
 
 
 def dataset_spec(name: str) -> DatasetSpec:
     """The spec of data set ``name``; a one-line :class:`UserError` listing the known names
     for any other."""
-    spec = SPECS.get(name) if isinstance(name, str) else None
+    spec = _SPECS.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
     return spec
+
+
+def dataset_help() -> str:
+    """The ``--dataset`` help: each registered set with its description."""
+    return "; ".join(f"{spec.name}: {spec.description}" if spec.description else spec.name
+                     for spec in _SPECS.values())
+
+
+register_dataset(DatasetSpec(
+    name="cifar100", classes=cifar100.NUM_CLASSES, stats=(cifar100.MEAN, cifar100.STD),
+    schedule=CIFAR_SCHEDULE, default_loader="device", loaders=cifar100.cifar100_loaders,
+    sample_loaders=cifar100.cifar100_sample_loaders, test_loader=cifar100.cifar100_test_loader,
+    test_split=cifar100.load_cifar100_test, sample_k=requested_k, model_zoo="cifar",
+    train_images=50_000, image_size=32,
+    description="CIFAR-100 (<data_folder>/cifar-100-python/, downloaded when missing)"))
+register_dataset(DatasetSpec(
+    name="digits", classes=digits.NUM_CLASSES, stats=digits.digits_normalization,
+    schedule=CIFAR_SCHEDULE, default_loader="device", loaders=digits.digits_loaders,
+    sample_loaders=digits.digits_sample_loaders, test_loader=digits.digits_test_loader,
+    test_split=digits.load_digits_test, sample_k=digits.digits_sample_k, model_zoo="cifar",
+    image_size=32, description="scikit-learn's bundled digits, offline"))
+register_dataset(DatasetSpec(
+    name="imagenet", classes=imagenet.num_imagenet_classes,
+    stats=(imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD), schedule=IMAGENET_SCHEDULE,
+    default_loader="torchvision", loaders=imagenet.imagenet_loaders, sample_loaders=None,
+    test_loader=imagenet.imagenet_test_loader, test_split=imagenet.load_imagenet_test_split,
+    sample_k=requested_k, model_zoo="imagenet", image_size=224,
+    description="ImageFolder tree <data_folder>/train/<class>/, <data_folder>/val/<class>/"))
+
+#: The data set of ``--dataset`` when the flag is left out (and of a file that records none).
+DEFAULT_DATASET = "cifar100"

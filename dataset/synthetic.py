@@ -26,6 +26,8 @@ import numpy as np
 NUM_FINE = 100
 NUM_COARSE = 20
 DIRNAME = "cifar-100-python"
+#: The registered data set (``--dataset``) whose files :func:`write_fake_cifar100` writes.
+FAKE_DATASET = "cifar100"
 
 
 class _GlobalRef:

@@ -26,6 +26,7 @@ from dataset.contrast import ContrastSampler
 from dataset.device_loader import derive_seed
 from dataset.sharding import Shard, ShardSampler
 from dataset.epochs import SeededEpochs
+from helper.errors import UserError
 
 if TYPE_CHECKING:
     from torchvision import transforms
@@ -80,6 +81,17 @@ class ArrayImageDataset(Dataset):
         if self.with_index:
             return img, target, index
         return img, target
+
+
+def worker_message(err: UserError) -> str:
+    """The one line of a :class:`UserError` a data set raised: a ``DataLoader`` worker's comes
+    back wrapped in ``Caught UserError in DataLoader worker process N. Original Traceback ...``,
+    whose last line ends with the original message."""
+    text = str(err)
+    if not text.startswith("Caught UserError"):
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split("UserError: ", 1)[-1]
 
 
 class TorchvisionLoader(SeededEpochs):
@@ -139,9 +151,14 @@ class TorchvisionLoader(SeededEpochs):
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(self._epoch)
         self._epoch += 1
-        if not self.channels_last:
-            return iter(self.loader)
-        return (self._to_channels_last(batch) for batch in self.loader)
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        try:
+            for batch in self.loader:
+                yield self._to_channels_last(batch) if self.channels_last else batch
+        except UserError as err:
+            raise UserError(worker_message(err)) from None
 
     @staticmethod
     def _to_channels_last(batch):

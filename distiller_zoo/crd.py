@@ -52,6 +52,19 @@ class AliasSampler(nn.Module):
         return kk.mul(keep.long()) + self.alias.index_select(0, kk).mul((1 - keep).long())
 
 
+#: What each normalization constant divides: the scores of one side's embeddings against the
+#: other side's memory bank.
+_Z_SCORES = {"Z_v1": "student embeddings scored against the teacher's memory bank",
+             "Z_v2": "teacher embeddings scored against the student's memory bank"}
+
+
+def z_message(name: str, value: float) -> str:
+    """The line printed when the NCE normalization constant ``name`` (``Z_v1``/``Z_v2``) is
+    estimated, once per run: what it is and its value."""
+    return (f"CRD: NCE normalization constant {name} ({_Z_SCORES[name]}) estimated from the first "
+            f"batch as mean exp-score x training images = {value:.1f}; kept for the run")
+
+
 class ContrastMemory(nn.Module):
     """Memory bank of ``output_size`` embeddings per side, updated with momentum.
 
@@ -70,8 +83,8 @@ class ContrastMemory(nn.Module):
       ``where(Z < 0, mean(exp-scores) * n_data, Z)``, writes it into the buffer and divides by
       that tensor (same float value as dividing by the host copy), so an unset Z (-1, e.g. an
       old checkpoint saved before the first step) is filled from the next batch as before;
-    * the one-time "normalization constant ... is set to ..." message is printed only on a call
-      where a host-side flag says Z was unset (derived from the buffer at construction / load /
+    * the one-time message of each Z (:func:`z_message`) is printed only on a call where a
+      host-side flag says Z was unset (derived from the buffer at construction / load /
       dtype change, never per step); printing the value costs one host read on that call only.
       A Z reset by writing the buffer directly (without ``load_state_dict``) is re-estimated
       silently.
@@ -146,7 +159,7 @@ class ContrastMemory(nn.Module):
             values = z_new.tolist()  # one host read, on the call that sets Z only
             for name, unset, value in zip(("Z_v1", "Z_v2"), self._announce_z, values):
                 if unset:
-                    print(f"normalization constant {name} is set to {value:.1f}")
+                    print(z_message(name, value))
             self._announce_z = (False, False)
         return z_new
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator, Mapping, TypeVar
 
 from dataset import dataset_spec, default_loader, sample_k
-from distiller_zoo.methods import CRDParams, Params, SharedParams, get_method, method_params_classes
+from distiller_zoo.methods import Params, SharedParams, get_method, method_params_classes
 from helper.naming import STUDENT_SAVE_ROOT, run_name_of
 from helper.util import dataclass_from_flags, parse_decay_epochs
 from models import zoo_named
@@ -95,12 +95,16 @@ class MethodConfig(Section):
         return self.own_of(wanted) if wanted else None
 
     def own_of(self, cls: type[P]) -> P:
-        """The parameters of class ``cls`` (``CRDParams`` hold the sample loader's ``--nce_k``
-        and ``--mode`` for every method that reads sample indices)."""
+        """The parameters of class ``cls`` (one of the registered methods' ``params_class``)."""
         for params in self.own:
             if type(params) is cls:
                 return params
         raise TypeError(f"{cls.__name__} is not among the registered methods' parameters")
+
+    def sampling(self) -> tuple[int, str] | None:
+        """``(k, mode)`` of the contrastive sample loader the method reads (its
+        ``sample_flags``), None for a method that reads the plain loaders."""
+        return get_method(self.distill).sampling(self.params)
 
     def shared(self, batch_size: int) -> SharedParams:
         """What every method reads (:class:`distiller_zoo.methods.SharedParams`)."""
@@ -323,18 +327,22 @@ def build_teacher_config(flags: Mapping[str, Any], world_size: int = 1) -> Teach
 
 
 def build_student_config(flags: Mapping[str, Any], world_size: int = 1) -> StudentConfig:
-    """``train_student.py``'s configuration of its parsed flags: ``-r/-a/-b`` and the learning
-    rate left out take the method's published recipe (:class:`distiller_zoo.methods.Recipe`);
-    a flag given always wins. The CRD negatives of ``--nce_k`` are what the data set can
-    yield (digits caps them to its small training split, :func:`dataset.sample_k`)."""
+    """``train_student.py``'s configuration of its parsed flags: ``-r/-a/-b``, ``--kd_T`` and the
+    learning rate left out take the method's published recipe
+    (:class:`distiller_zoo.methods.Recipe`; with ``--logit_stand`` its logit-standardization
+    recipe where there is one: kd's T 2, a 9); a flag given always wins. The negatives of a
+    method reading a sample loader (its ``sample_flags``: CRD's ``--nce_k``) are what the data
+    set can yield (digits caps them to its small training split, :func:`dataset.sample_k`)."""
     method_cls = get_method(flags["distill"])
-    recipe = method_cls.recipe
-    weights = {key: getattr(recipe, key) if flags[key] is None else flags[key] for key in ("gamma", "alpha", "beta")}
-    method = MethodConfig.from_flags(flags, **weights,
+    recipe = method_cls.recipe_for(bool(flags["logit_stand"]))
+    resolved = {key: getattr(recipe, key) if flags[key] is None else flags[key]
+                for key in ("gamma", "alpha", "beta", "kd_T")}
+    method = MethodConfig.from_flags(flags, **resolved,
                                      own=tuple(cls.from_flags(flags) for cls in method_params_classes()))
-    if method_cls.needs_index:
-        crd = method.own_of(CRDParams)
-        method = method.with_params(replace(crd, nce_k=sample_k(flags["dataset"], crd.nce_k)))
+    sampling = method.sampling()
+    if sampling is not None:
+        k = sample_k(flags["dataset"], sampling[0])
+        method = method.with_params(method_cls.with_negatives(method.params, k))
     return StudentConfig(model=StudentModels.from_flags(flags), method=method,
                          optim=optimization_config(flags, flags["model_s"], world_size, recipe.learning_rate),
                          data=data_config(flags), run=StudentRun.from_flags(flags, **run_flags(flags)))

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from distiller_zoo import get_method
-from distiller_zoo.methods import build_distiller
+from distiller_zoo.methods import CLS_TERM, DIV_TERM, OWN_TERM, build_distiller
 from engine.config import StudentConfig
 from helper.distributed import DistContext
 from engine.loops import Batch, StepOutput
@@ -84,7 +84,7 @@ def loss_weights(weights) -> dict[str, float]:
     """The CRD loop's weights: r for classification, a for the KL term, b for the method's own
     loss (``weights``: an :class:`engine.config.MethodConfig`, or anything with ``gamma``,
     ``alpha`` and ``beta``)."""
-    return {"cls": weights.gamma, "div": weights.alpha, "kd": weights.beta}
+    return {CLS_TERM: weights.gamma, DIV_TERM: weights.alpha, OWN_TERM: weights.beta}
 
 
 def weighted_sum(terms: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
@@ -143,8 +143,8 @@ class StudentLoss(nn.Module):
         them): the method's trainable modules feed only its ``kd`` term, and the student's
         classifier only ``cls`` and ``div`` (and logit-based ``kd`` terms)."""
         method_trains = any(p.requires_grad for p in self.method.parameters())
-        no_kd = self.weights.get("kd", 0.0) == 0
-        no_logit_terms = self.weights.get("cls", 0.0) == 0 and self.weights.get("div", 0.0) == 0
+        no_kd = self.weights.get(OWN_TERM, 0.0) == 0
+        no_logit_terms = self.weights.get(CLS_TERM, 0.0) == 0 and self.weights.get(DIV_TERM, 0.0) == 0
         return (method_trains and no_kd) or no_logit_terms
 
 

@@ -15,10 +15,12 @@ What differs between those is said by two small objects, never by branches in th
 
 The epoch is an argument of every step: nothing reaches the loss through a side channel.
 Losses, accuracies and named loss terms accumulate on the device and are read once every
-``print_freq`` steps (the only host sync): shown in the tqdm bar on a terminal, printed as a
+``print_freq`` steps (the only host sync; left out, 100 steps or a quarter of an epoch, whichever
+is shorter: :func:`default_print_freq`): shown in the tqdm bar on a terminal, printed as a
 RepDistiller-style line otherwise. A member whose loss becomes NaN/inf stops (its last good
-checkpoint is left intact); the others go on, and :func:`raise_failures` ends the run with one
-line once the finished members have written their results.
+checkpoint is left intact, and its message names it, or says that none was written yet); the
+others go on, and :func:`raise_failures` ends the run with one line once the finished members
+have written their results.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ class Member:
 class LoopSettings:
     """How the loop runs, the same for every member."""
 
-    print_freq: int = 100
+    print_freq: int | None = None  # steps between reads; None: default_print_freq; 0: only at the end
     amp: bool = False
     channels_last: bool = False
     desc: str = "train"
@@ -137,6 +139,7 @@ def run_epoch(members: list[Member], stepping: Stepping, epoch: int, settings: L
     device = dist.device
     meters = [DeviceMeter(device) for _ in members]
     total = min((loader_length(m.train_loader) or 0 for m in members), default=0) or None
+    print_freq = default_print_freq(total) if settings.print_freq is None else settings.print_freq
     bar_on = shows_bar(dist, settings.terminal)
     lines = dist.is_main and not bar_on
     suffix = f" x{len(members)} trials" if len(members) > 1 else ""
@@ -154,7 +157,7 @@ def run_epoch(members: list[Member], stepping: Stepping, epoch: int, settings: L
         for k, output in stepping.step(members, batches, epoch, settings.amp).items():
             loss, logits = output
             meters[k].update(loss, logits.float(), batches[k].target, output.terms)
-        if settings.print_freq and step % settings.print_freq == 0:
+        if print_freq and step % print_freq == 0:
             stats = checked_stats(members, meters, epoch, step, dist, printers)
             if not lines:
                 bar.set_postfix(loss=" ".join("-" if s is None else f"{s['loss']:.4f}" for s in stats))
@@ -175,14 +178,37 @@ def checked_stats(members: list[Member], meters: list[DeviceMeter], epoch: int, 
         try:
             stats.append(check_finite(meter.stats(totals), epoch, step))
         except NonFiniteLossError as err:
-            member.failure = str(err)
+            member.failure = f"{err}; {kept_checkpoint(member.run, epoch)}; {NAN_ADVICE}"
             stats.append(None)
             if len(members) > 1:
-                print(f"{member.label}{err}; the other trials go on", flush=True)
+                print(f"{member.label}{member.failure}; the other trials go on", flush=True)
             continue
         if printers is not None:
             printers[k].print(meter, totals, step)
     return stats
+
+
+#: What to try after a NaN/inf loss.
+NAN_ADVICE = "lower --learning_rate or check the loss weights"
+#: Steps between progress reads when ``--print_freq`` is left out (at most).
+PRINT_FREQ = 100
+
+
+def default_print_freq(steps_per_epoch: int | None) -> int:
+    """The steps between progress reads (lines, NaN checks) when ``--print_freq`` is left out:
+    100, or a quarter of an epoch when that is shorter, so that a short epoch (digits: 23
+    steps) still shows a few lines when piped; 100 when the epoch's length is unknown."""
+    if not steps_per_epoch:
+        return PRINT_FREQ
+    return min(PRINT_FREQ, max(1, steps_per_epoch // 4))
+
+
+def kept_checkpoint(run: Run, epoch: int) -> str:
+    """What a run that stopped in ``epoch`` leaves behind: its last good checkpoint (that of
+    the epoch before, the last one saved) by path, or that it had written none yet."""
+    if epoch > 1 and os.path.exists(run.last_path):
+        return f"it stopped, keeping its last good checkpoint {run.last_path} (epoch {epoch - 1})"
+    return "it stopped before writing any checkpoint"
 
 
 def raise_failures(members: list[Member]) -> None:

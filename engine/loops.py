@@ -203,11 +203,10 @@ def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
 
 
 def check_finite(stats: dict[str, float], epoch: int, step: int) -> dict[str, float]:
-    """``stats``, or :class:`NonFiniteLossError` when its loss is NaN/inf."""
+    """``stats``, or :class:`NonFiniteLossError` when its loss is NaN/inf (the message says
+    when; the loop adds which checkpoint is kept, :func:`engine.fit.kept_checkpoint`)."""
     if not math.isfinite(stats["loss"]):
-        raise NonFiniteLossError(
-            f"training loss became {stats['loss']} at epoch {epoch} (by step {step}); the run stopped "
-            f"and the last good checkpoint was left intact — lower --learning_rate or check the loss weights")
+        raise NonFiniteLossError(f"training loss became {stats['loss']} at epoch {epoch} (by step {step})")
     return stats
 
 

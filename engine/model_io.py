@@ -1,8 +1,12 @@
 """Building a model from a weights file: shared by convert.py and validation.py."""
 from __future__ import annotations
 
+import argparse
+from typing import Any, Mapping
+
 import torch
 
+from dataset import dataset_names
 from helper.checkpoint import (describe_mismatch, extract_state_dict, load_checkpoint, load_weights,
                                num_classes_from_state_dict)
 from models import CIFAR_ZOO, ModelZoo
@@ -40,3 +44,19 @@ def load_model_from_file(path: str, arch: str, deploy: bool = False, blocktype: 
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def recorded_dataset(checkpoint: Any) -> str | None:
+    """The data set a checkpoint records: ``config['dataset']`` (``train_teacher.py``'s and
+    ``train_student.py``'s files), the original code's ``opt.dataset``, or the attribute
+    ``dataset`` of ``convert.py``'s deploy state dicts; None when it records none, or a name
+    that is not one of :func:`dataset.dataset_names` (a crafted or damaged file)."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    config, opt = checkpoint.get("config"), checkpoint.get("opt")
+    for value in (getattr(checkpoint, "__dict__", {}).get("dataset"),
+                  config.get("dataset") if isinstance(config, Mapping) else None,
+                  vars(opt).get("dataset") if isinstance(opt, argparse.Namespace) else None):
+        if isinstance(value, str) and value in dataset_names():
+            return value
+    return None

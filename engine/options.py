@@ -13,18 +13,89 @@ import argparse
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from dataclasses import fields
+from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 import torch
 
-from dataset import DATASETS
+from dataset import DEFAULT_DATASET, dataset_help, dataset_names, dataset_spec
+from distiller_zoo import get_method, method_names
+from distiller_zoo.methods import method_flag_ranges
 from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
+from helper.ranges import TEMPERATURE, WEIGHT, Range
 from helper.util import parse_decay_epochs
 from engine.config import TrainingConfig, config_dict, dataset_zoo
 from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO
 from models.rep_blocks import DEFAULT_BLOCKTYPE
+
+#: ``--dist_timeout`` at most 7 days: a longer wait means "never" (and ``datetime.timedelta``
+#: overflows past 999,999,999 days: 1e300 was an OverflowError on every rank).
+MAX_DIST_TIMEOUT_MINUTES = 7 * 24 * 60.0
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An :class:`argparse.ArgumentParser` whose errors (an unknown flag, a value of the wrong
+    type, a missing value or a choice not offered) end as every user error does: one line on
+    stderr, ``error: <what>; see <prog> --help``, and exit status 2, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
+class IgnoredFlag(argparse.Action):
+    """A flag of the original code that had no effect there either (``--tb_freq``): its value is
+    parsed (so a wrong type is still one line) and dropped; it enters no configuration."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        return None
+
+
+class RefusedFlag(argparse.Action):
+    """A flag of the original code that means something else here: giving it stops with one
+    line (:class:`UserError`), ``<flag> <value> is <equivalent>``, ``{value}`` in
+    ``equivalent`` standing for the value given (its ``--help`` shows the metavar there)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, equivalent: str = "",
+                 **kwargs: Any) -> None:
+        metavar = kwargs.get("metavar") or "N"
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS,
+                         help=equivalent.replace("{value}", metavar), **kwargs)
+        self.equivalent = equivalent
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        raise UserError(f"{option_string} {values} is {self.equivalent.replace('{value}', str(values))}")
+
+
+def add_original_flags(parser: argparse.ArgumentParser, student: bool) -> None:
+    """Flags that users of the original code type and that mean nothing, or something else,
+    here: ``--tb_freq`` (RepDistiller's and KDrefine's, declared but never read: accepted and
+    ignored) and, for students, RepDistiller's ``--save_freq`` and the logit-standardization
+    code's ``--base-temp`` and ``--kd-weight`` (refused with the equivalent here;
+    ``--logit-stand`` is an alias of ``--logit_stand``)."""
+    group = parser.add_argument_group("flags of the original code")
+    group.add_argument("--tb_freq", action=IgnoredFlag, type=int, metavar="N",
+                       help="accepted and ignored: RepDistiller and KDrefine declare it but never read it; "
+                            "TensorBoard scalars are written once per epoch")
+    if not student:
+        return
+    group.add_argument("--save_freq", action=RefusedFlag, metavar="N",
+                       equivalent="RepDistiller's period of a student's ckpt_epoch_<N>.pth files, which "
+                                  "students here do not write: <model_s>_last.pth is written every epoch "
+                                  "(what --resume continues) and <model_s>_best.pth at each new best; "
+                                  "leave --save_freq out")
+    group.add_argument("--base-temp", action=RefusedFlag, metavar="T",
+                       equivalent="the logit-standardization code's temperature: here give --kd_T {value} "
+                                  "for --distill kd or --dkd_T {value} for --distill dkd, with --logit_stand "
+                                  "(kd --logit_stand defaults to its authors' 2)")
+    group.add_argument("--kd-weight", action=RefusedFlag, metavar="K",
+                       equivalent="the logit-standardization code's loss weight: here give -a {value} for "
+                                  "--distill kd, or --dkd_alpha {value} --dkd_beta <its beta x {value}> for "
+                                  "--distill dkd, with --logit_stand (kd --logit_stand defaults to its "
+                                  "authors' 9)")
 
 
 def str2bool(text: str) -> bool:
@@ -55,10 +126,8 @@ def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", type=str, default="cifar100", choices=list(DATASETS),
-                       help="cifar100, digits (scikit-learn's bundled digits, offline) or imagenet "
-                            "(ImageFolder tree <data_folder>/train/<class>/, "
-                            "<data_folder>/val/<class>/)")
+    group.add_argument("--dataset", type=str, default=DEFAULT_DATASET, choices=list(dataset_names()),
+                       help=dataset_help())
     group.add_argument("--data_folder", type=str, default="./data",
                        help="folder holding cifar-100-python/ (downloaded there when missing), or "
                             "ImageNet's train/ and val/")
@@ -75,8 +144,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None, help="random seed (default: unseeded)")
     group.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                        help="continue from CKPT, or from this run's <model>_last.pth when no path is given")
-    group.add_argument("--print_freq", type=int, default=100,
-                       help="steps between progress updates")
+    group.add_argument("--print_freq", type=int, default=None,
+                       help="steps between progress lines and NaN checks (default: 100, or a quarter of "
+                            "an epoch when an epoch has fewer than 400 steps)")
     group.add_argument("--overwrite", action="store_true",
                        help="start again in a run folder that already holds a run (the old folder "
                             "is moved aside to <folder>.old-<time>, not deleted)")
@@ -96,7 +166,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dist_timeout", type=float, default=30.0, metavar="MINUTES",
                        help="minutes a process waits for the others in a collective before the run "
                             "ends with an error (a process stopped or a node lost); fractions "
-                            "allowed; continue with --resume")
+                            f"allowed, at most {MAX_DIST_TIMEOUT_MINUTES:g} (7 days); continue with --resume")
     group = parser.add_argument_group("speed")
     group.add_argument("--amp", action="store_true",
                        help="mixed precision: bf16 autocast (fp16 with a grad scaler where bf16 is unsupported)")
@@ -108,8 +178,10 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def option_names(parser: argparse.ArgumentParser) -> list[str]:
-    """The destinations of ``parser``'s options (``--learning_rate`` -> ``learning_rate``)."""
-    return [a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"]
+    """The destinations of ``parser``'s options (``--learning_rate`` -> ``learning_rate``), but
+    for the original code's flags that enter no configuration (:func:`add_original_flags`)."""
+    return [a.dest for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest != "help"
+            and not isinstance(a, (IgnoredFlag, RefusedFlag))]
 
 
 def resolved_config(config: TrainingConfig, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -124,6 +196,11 @@ def resolved_config(config: TrainingConfig, parser: argparse.ArgumentParser) -> 
     return resolved
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: ``1 epoch``, ``2 epochs``, ``1 thread``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def print_config(config: dict[str, Any]) -> None:
     """``--print_config``: the configuration as one JSON object on one line of stdout."""
     print(json.dumps(config, sort_keys=True), flush=True)
@@ -131,52 +208,29 @@ def print_config(config: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- flag values
 
-@dataclass(frozen=True)
-class _Range:
-    """What a numeric flag may be: ``low``/``high`` bounds (None: unbounded), open or closed,
-    and the words that say so in the error."""
-
-    low: float | None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    allowed: str = ""
-
-    def admits(self, value: float) -> bool:
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return False
-        return True
-
-
-_WEIGHT = _Range(0, allowed="must be 0 (the term switched off) or positive: a negative weight would "
-                            "maximise the term")
-#: Every numeric flag of the entry scripts and what it may be (checked where ``opt`` has it).
-FLAG_RANGES: dict[str, _Range] = {
-    "epochs": _Range(1, allowed="must be at least 1 (epochs to train)"),
-    "batch_size": _Range(1, allowed="must be at least 1 (images per batch)"),
-    "print_freq": _Range(1, allowed="must be at least 1 (steps between progress lines and NaN checks)"),
-    "save_freq": _Range(0, allowed="must be 0 (no ckpt_epoch_<N>.pth files) or a positive number of "
+#: Every numeric flag of the entry scripts and what it may be (checked where ``opt`` has it); the
+#: methods' own flags declare theirs with the flag (:func:`distiller_zoo.methods.method_flag_ranges`).
+FLAG_RANGES: dict[str, Range] = {
+    "epochs": Range(1, allowed="must be at least 1 (epochs to train)"),
+    "batch_size": Range(1, allowed="must be at least 1 (images per batch)"),
+    "print_freq": Range(1, allowed="must be at least 1 (steps between progress lines and NaN checks)"),
+    "save_freq": Range(0, allowed="must be 0 (no ckpt_epoch_<N>.pth files) or a positive number of "
                                    "epochs"),
-    "init_epochs": _Range(0, allowed="must be 0 (skip the init stage) or a positive number of epochs"),
-    "nce_k": _Range(1, allowed="must be at least 1 (negative samples per positive)"),
-    "feat_dim": _Range(1, allowed="must be at least 1 (embedding dimension)"),
-    "dkd_warmup": _Range(1, allowed="must be at least 1 (epochs over which the DKD loss ramps up)"),
-    "trials": _Range(1, allowed="must be at least 1 (students trained in this process)"),
-    "num_workers": _Range(0, allowed="must be 0 (load in the main process) or a positive number of "
+    "init_epochs": Range(0, allowed="must be 0 (skip the init stage) or a positive number of epochs"),
+    "trials": Range(1, allowed="must be at least 1 (students trained in this process)"),
+    "num_workers": Range(0, allowed="must be 0 (load in the main process) or a positive number of "
                                      "worker processes"),
-    "learning_rate": _Range(0, allowed="must be 0 or positive"),
-    "weight_decay": _Range(0, allowed="must be 0 (none) or positive"),
-    "momentum": _Range(0, 1, high_open=True, allowed="must lie in [0, 1) (SGD momentum)"),
-    "lr_decay_rate": _Range(0, 1, low_open=True,
+    "learning_rate": Range(0, allowed="must be 0 or positive"),
+    "weight_decay": Range(0, allowed="must be 0 (none) or positive"),
+    "momentum": Range(0, 1, high_open=True, allowed="must lie in [0, 1) (SGD momentum)"),
+    "lr_decay_rate": Range(0, 1, low_open=True,
                             allowed="must lie in (0, 1]: the learning rate is multiplied by it at each "
                                     "decay epoch (0.1 divides it by 10; 1 keeps it)"),
-    "kd_T": _Range(0, low_open=True, allowed="must be positive (a temperature)"),
-    "nce_t": _Range(0, low_open=True, allowed="must be positive (a temperature)"),
-    "nce_m": _Range(0, 1, high_open=True, allowed="must lie in [0, 1) (momentum of the memory bank)"),
-    "dkd_T": _Range(0, low_open=True, allowed="must be positive (a temperature)"),
-    "gamma": _WEIGHT, "alpha": _WEIGHT, "beta": _WEIGHT, "dkd_alpha": _WEIGHT, "dkd_beta": _WEIGHT,
+    "kd_T": TEMPERATURE,
+    "dist_timeout": Range(0, MAX_DIST_TIMEOUT_MINUTES, low_open=True,
+                           allowed=f"must be a positive number of minutes, at most "
+                                   f"{MAX_DIST_TIMEOUT_MINUTES:g} (7 days; e.g. 30, or 0.5 for 30 seconds)"),
+    "gamma": WEIGHT, "alpha": WEIGHT, "beta": WEIGHT,
 }
 #: How the errors spell flags with a short form.
 FLAG_SPELLING = {"gamma": "-r/--gamma", "alpha": "-a/--alpha", "beta": "-b/--beta",
@@ -196,8 +250,13 @@ def _shown(value: Any) -> str:
 
 def check_flag_values(values: Mapping[str, Any]) -> None:
     """Refuse, with one line naming the flag, its value and what it may be, every flag value
-    that cannot mean what the flag says (:data:`FLAG_RANGES`, ``--seed``, ``--device``,
-    ``--lr_decay_epochs``, ``-t`` for a student that has no block types).
+    that cannot mean what the flag says (:data:`FLAG_RANGES` and the methods' own ranges,
+    ``--seed``, ``--device``, ``--lr_decay_epochs``, ``-t`` for a student that has no block types).
+
+    Also refused: the negatives of a method that samples them (CRD's ``--nce_k``), when they are
+    not below the data set's training images (:func:`_check_negatives`), and ``--logit_stand`` for
+    a method that does not apply it (:func:`_check_logit_stand`), so neither is found after the
+    teacher was loaded.
 
     ``values``: the flat configuration (:func:`engine.config.flat`), whose flags left out hold
     their data set's defaults and whose ``schedule_defaults`` says which were left out. A
@@ -205,7 +264,7 @@ def check_flag_values(values: Mapping[str, Any]) -> None:
     error: those decays just never happen; decay epochs given explicitly must lie within
     1..``--epochs``. Flags ``values`` lacks are skipped, so every entry script can call it.
     """
-    for dest, rule in FLAG_RANGES.items():
+    for dest, rule in {**FLAG_RANGES, **method_flag_ranges()}.items():
         value = values.get(dest)
         if dest == "learning_rate":
             value = values.get("base_learning_rate", value)  # as given, before torchrun scaling
@@ -216,9 +275,50 @@ def check_flag_values(values: Mapping[str, Any]) -> None:
         if not rule.admits(value):
             raise UserError(f"{flag_name(dest)} {_shown(value)}: {rule.allowed}")
     _check_seed(values)
+    _check_trial(values)
     _check_device(values)
     _check_decay_epochs(values)
     _check_student_blocktype(values)
+    _check_negatives(values)
+    _check_logit_stand(values)
+
+
+def _check_negatives(values: Mapping[str, Any]) -> None:
+    """A method reading a sample loader (its ``sample_flags``: CRD's ``--nce_k``) draws that many
+    negatives per sample among the other training images: as many as the training set holds or
+    more (1e9) would size each step's gathered embeddings by them; digits caps them to its small
+    split instead (:func:`dataset.sample_k`)."""
+    distill, dataset = values.get("distill"), values.get("dataset")
+    if distill not in method_names() or dataset not in dataset_names():
+        return
+    method = get_method(distill)
+    k_flag = method.sample_flags.k if method.sample_flags is not None else None
+    k, images = values.get(k_flag), dataset_spec(dataset).train_images
+    if k is not None and images is not None and k >= images:
+        default = {f.name: f.default for f in fields(method.params_class)}[k_flag]
+        raise UserError(f"--{k_flag} {k}: --distill {distill} draws its negatives among the other images of "
+                        f"the training set, and {dataset}'s has {images}; give fewer (its default is {default})")
+
+
+def _check_logit_stand(values: Mapping[str, Any]) -> None:
+    distill = values.get("distill")
+    if distill in method_names():
+        get_method(distill).check_logit_stand(bool(values.get("logit_stand")))
+
+
+#: What ``--trial`` may be: it ends the run folder's name, so no path separator, no ``.``/``..``.
+_TRIAL = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _check_trial(values: Mapping[str, Any]) -> None:
+    """``--trial`` names the run folder's last part: letters, digits, ``-``, ``_`` and ``.``,
+    1 to 64 of them, not ``.`` or ``..`` (no path separator, nothing outside ``save/``)."""
+    trial = values.get("trial")
+    if trial is None:
+        return
+    if not isinstance(trial, str) or not _TRIAL.fullmatch(trial) or trial in (".", ".."):
+        raise UserError(f"--trial {trial!r}: must be 1 to 64 letters, digits, '-', '_' or '.' (not "
+                        "'.' or '..'), e.g. 1 or seed3; it ends the run folder's name")
 
 
 def _check_seed(values: Mapping[str, Any]) -> None:
@@ -262,7 +362,7 @@ def _check_student_blocktype(values: Mapping[str, Any]) -> None:
     student, blocktype = values.get("model_s"), values.get("blocktype")
     if student is None or blocktype is None:
         return
-    zoo = dataset_zoo(values.get("dataset") or "cifar100")
+    zoo = dataset_zoo(values.get("dataset") or DEFAULT_DATASET)
     if blocktype != DEFAULT_BLOCKTYPE and student in zoo.models and not zoo.is_rep(student):
         rep = ", ".join(sorted(name for name in zoo.models if zoo.is_rep(name)))
         raise UserError(f"-t/--blocktype {blocktype}: --model_s {student} is not re-parameterizable and "
@@ -294,8 +394,7 @@ def recorded_architecture_in(zoo, arch: str, path: str, flag: str, from_record: 
         return zoo.check_name(arch, flag)
     other = IMAGENET_ZOO if zoo is CIFAR_ZOO else CIFAR_ZOO
     if arch in other.models:
-        dataset = "imagenet" if other is IMAGENET_ZOO else "cifar100"
-        raise UserError(f"{path} holds {other.name} model ({arch}); pass --dataset {dataset}")
+        raise UserError(f"{path} holds {other.name} model ({arch}); pass --dataset {other.dataset}")
     raise UserError(f"{path} records the architecture {arch}, which this code does not have; "
                     f"known models: {', '.join(sorted(zoo.models))}")
 

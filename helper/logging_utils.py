@@ -79,7 +79,12 @@ class Tee:
     def write(self, text: str) -> int:
         written = self.console.write(text)
         for f in self.files:
-            f.write(text)
+            try:
+                f.write(text)
+            except OSError as err:  # a full disk: one line, and the log is left alone from now
+                self.files = [g for g in self.files if g is not f]
+                raise UserError(f"cannot write the log {f.name}: {err.strerror or err}; free some space "
+                                "and continue the run with --resume") from None
         return written
 
     def writelines(self, lines) -> None:
@@ -89,7 +94,8 @@ class Tee:
     def flush(self) -> None:
         self.console.flush()
         for f in self.files:
-            f.flush()
+            with contextlib.suppress(OSError):  # reported by the next write
+                f.flush()
 
     def isatty(self) -> bool:
         return is_terminal(self.console)
@@ -119,9 +125,15 @@ def tee_to(*paths: str) -> Iterator[Tee]:
     files = []
     for path in paths:
         folder = os.path.dirname(path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        files.append(open(path, "a", encoding="utf-8", buffering=1))
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            files.append(open(path, "a", encoding="utf-8", buffering=1))
+        except OSError as err:
+            for f in files:
+                f.close()
+            raise UserError(f"cannot open the log {path}: {err.strerror or err}; check the folder, "
+                            "its permissions and free space") from None
     original = sys.stdout
     tee = Tee(original, files)
     sys.stdout = tee
@@ -131,14 +143,16 @@ def tee_to(*paths: str) -> Iterator[Tee]:
         text = error_text(err)
         if text:
             for f in files:
-                f.write(text)
+                with contextlib.suppress(OSError):  # a full disk: the error line goes to stderr alone
+                    f.write(text)
         raise
     finally:
         if sys.stdout is tee:
             sys.stdout = original
         tee.files = []
         for f in files:
-            f.close()
+            with contextlib.suppress(OSError):
+                f.close()
 
 
 LOG_FILE = "train.log"  # in the run folder: what the run printed (rank 0), appended on resume

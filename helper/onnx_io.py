@@ -13,12 +13,20 @@
   naming the model and the reason.
 * :func:`write_onnx` writes the graph atomically (a temporary file in the target's folder, then a
   rename: :func:`helper.checkpoint.atomic_write`), weights inside the one file.
-* :func:`node_counts`, :func:`unfolded_batchnorms` and :func:`parameter_count` inspect a graph;
-  :func:`metadata` reads the ``arch``/``blocktype``/``form`` entries written into its
-  ``metadata_props``.
+* :func:`node_counts`, :func:`unfolded_batchnorms`, :func:`parameter_count` and
+  :func:`nonfinite_initializers` inspect a graph; :func:`metadata` reads the
+  ``arch``/``blocktype``/``form``/``dataset`` entries written into its ``metadata_props``.
+* :func:`check_interface` checks a graph's one input and one output against a data set (image
+  size, which the caller reads from the data set's spec; class count, element types, a fixed
+  batch against the evaluation batch) before anything runs, one
+  :class:`~helper.errors.UserError` line per mismatch, and returns the :class:`Interface` to
+  feed it by.
 * :class:`OnnxRuntimeModel` runs a file (or serialized graph) with ONNX Runtime's
   ``CPUExecutionProvider`` and is called like the PyTorch model, ``logits = model(images)``, so
-  :func:`engine.loops.validate` evaluates it unchanged.
+  :func:`engine.loops.validate` evaluates it unchanged. Given an :class:`Interface` it runs a
+  graph whose batch axis is fixed in pieces of that batch (the last one padded with zeros, whose
+  logits are dropped) and checks every output it reads (logits of shape ``(batch, classes)``);
+  an ONNX Runtime error while running is one line too.
 
 ``onnx``, ``onnxscript`` and ``onnxruntime`` (``requirements.txt``) are imported when first
 needed, so the rest of the project runs without them. References: ONNX operators,
@@ -31,7 +39,9 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -43,8 +53,6 @@ from helper.errors import UserError
 #: ONNX opset of the exported graphs (the opset PyTorch's exporter translates to natively).
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
-#: Input resolution of each data set's models.
-IMAGE_SIZES = {"cifar100": 32, "digits": 32, "imagenet": 224}
 #: Batch of the example input: ``torch.export`` specializes a dimension of size 1, so the sample
 #: batch is 2 to keep the batch axis symbolic.
 SAMPLE_BATCH = 2
@@ -52,6 +60,10 @@ SAMPLE_BATCH = 2
 #: guard at export; the tests check 1e-4).
 EXPORT_CHECK_RTOL = 1e-3
 _FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+#: numpy type of the images fed to a graph input of each floating-point element type.
+_INPUT_DTYPES = {1: np.float32, 10: np.float16, 11: np.float64}
+#: A value from a file that may appear in a message or be used as a name as it is.
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 def _require(module: str):
@@ -72,9 +84,19 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {line}" if line else type(err).__name__
 
 
-def image_size(dataset: str) -> int:
-    """Input height and width of ``dataset``'s models (32, ImageNet 224)."""
-    return IMAGE_SIZES[dataset]
+def _is_plain(value: str | bytes) -> bool:
+    """Whether a string read from a file is a plain name (protobuf hands over the bytes of a
+    string field that is not UTF-8)."""
+    return isinstance(value, str) and bool(_PLAIN_NAME.match(value))
+
+
+def _shown(name: str | bytes) -> str:
+    """A name read from a file, fit for a one-line message: as it is when plain, else quoted by
+    ``ascii`` and cut to 40 characters (a damaged or crafted file may hold anything)."""
+    if _is_plain(name):
+        return str(name)
+    text = ascii(name)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def export_onnx(model: torch.nn.Module, size: int, label: str,
@@ -132,7 +154,7 @@ def write_onnx(path: str, proto: Any) -> None:
 
 
 def load_onnx(path: str) -> Any:
-    """The ``onnx.ModelProto`` in ``path``; a missing or non-ONNX file is one line."""
+    """The ``onnx.ModelProto`` in ``path``; a missing, non-regular or non-ONNX file is one line."""
     onnx = _require("onnx")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file" if not os.path.exists(path) else f"{path} is not a file")
@@ -172,14 +194,145 @@ def parameter_count(proto: Any) -> int:
 
 
 def metadata(proto: Any) -> dict[str, str]:
-    """The graph's ``metadata_props`` as a dict (``arch``, ``blocktype``, ``form`` when
-    :func:`export_onnx` was given them)."""
-    return {prop.key: prop.value for prop in proto.metadata_props}
+    """The graph's ``metadata_props`` as a dict (``arch``, ``blocktype``, ``form`` and
+    ``dataset`` when :func:`export_onnx` was given them). Entries whose key or value is not a
+    plain name (letters, digits, ``_.-``; a damaged or crafted file) are left out."""
+    return {prop.key: prop.value for prop in proto.metadata_props
+            if _is_plain(prop.key) and _is_plain(prop.value)}
 
 
 def io_shape(value_info: Any) -> list[int | str]:
     """Dimensions of a graph input or output: ints, or the names of symbolic ones."""
     return [d.dim_param if d.dim_param else d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def nonfinite_initializers(proto: Any) -> list[str]:
+    """Names of the floating-point initializers (weights) that hold NaN or infinity; one that
+    cannot be read as an array is left to ONNX Runtime's loader, which names it."""
+    numpy_helper = _require("onnx.numpy_helper")
+    found = []
+    for init in proto.graph.initializer:
+        if init.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            values = np.asarray(numpy_helper.to_array(init), dtype=np.float32)
+        except Exception:  # a damaged initializer: size and dims disagree, unknown storage
+            continue
+        if not np.isfinite(values).all():
+            found.append(_shown(init.name))
+    return found
+
+
+def declared_shape(value_info: Any) -> list[int | str | None] | None:
+    """The dimensions a graph input or output declares: an int, the name of a symbolic one, or
+    None for an unknown one; None when it declares no shape (or is not a tensor)."""
+    kind = value_info.type.WhichOneof("value")
+    tensor = value_info.type.tensor_type
+    if kind != "tensor_type" or not tensor.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in tensor.shape.dim:
+        which = d.WhichOneof("value")
+        dims.append(d.dim_value if which == "dim_value" and d.dim_value > 0
+                    else _shown(d.dim_param) if which == "dim_param" and d.dim_param else None)
+    return dims
+
+
+def _shape_text(dims: list[int | str | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+def _type_name(elem_type: int) -> str:
+    onnx = _require("onnx")
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type)
+    except ValueError:
+        return f"type {elem_type}"
+
+
+@dataclass(frozen=True)
+class Interface:
+    """How to feed a graph one image batch and read its logits (see :func:`check_interface`)."""
+
+    #: name of the graph's one image input
+    input_name: str
+    #: numpy type the images are cast to (the input's element type)
+    input_dtype: type
+    #: the batch the graph's input fixes, or None for a dynamic batch axis
+    fixed_batch: int | None
+    #: classes of the data set: the width of the logits
+    classes: int
+    #: the data set, for messages
+    dataset: str
+
+
+def check_interface(proto: Any, path: str, dataset: str, classes: int, batch_size: int,
+                    size: int) -> Interface:
+    """The graph's input and output checked against ``dataset`` (its ``size`` x ``size`` images,
+    the data-set spec's ``image_size``, and ``classes``) before anything runs; one
+    :class:`UserError` line for the first mismatch.
+
+    The graph must take exactly one input besides its initializers: floating-point images of a
+    declared shape ``(batch, 3, H, W)`` whose H and W are the data set's (or symbolic) and whose
+    batch is symbolic or a fixed number up to ``batch_size`` (a larger fixed batch asks for
+    ``--batch_size``); and give exactly one floating-point output, of shape ``(batch, classes)``
+    where it declares a shape. The outputs actually given are checked again as they come
+    (:class:`OnnxRuntimeModel`).
+    """
+    graph = proto.graph
+    expected = f"(batch, 3, {size}, {size})"
+    weights = {init.name for init in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    if len(inputs) != 1:
+        names = ", ".join(_shown(value.name) for value in inputs[:4]) + (", ..." if len(inputs) > 4 else "")
+        held = f"takes {len(inputs)} inputs ({names})" if inputs else "takes no input"
+        raise UserError(f"{path} {held}; validation feeds it one input, the images {expected}: "
+                        f"export the model with one image input")
+    value = inputs[0]
+    name = _shown(value.name)
+    elem = value.type.tensor_type.elem_type if value.type.WhichOneof("value") == "tensor_type" else None
+    if elem not in _INPUT_DTYPES:
+        held = f"{_type_name(elem)} values" if elem is not None else "no tensor"
+        raise UserError(f"{path}: its input {name} takes {held}; validation feeds it float images {expected}")
+    dims = declared_shape(value)
+    if dims is None:
+        raise UserError(f"{path}: its input {name} declares no shape, so it cannot be checked against "
+                        f"--dataset {dataset} (images {expected}); export it with a shape")
+    wrong = [got for got, want in zip(dims[1:], (3, size, size)) if isinstance(got, int) and got != want]
+    if len(dims) != 4 or wrong:
+        raise UserError(f"{path} takes inputs of shape {_shape_text(dims)}, but --dataset {dataset} has "
+                        f"3x{size}x{size} images {expected}; pass the data set it was exported for")
+    fixed = dims[0] if isinstance(dims[0], int) else None
+    if fixed is not None and fixed > batch_size:
+        raise UserError(f"{path} has a fixed batch of {fixed} images, more than --batch_size {batch_size}; "
+                        f"pass --batch_size {fixed} (smaller fixed batches are fed in pieces)")
+    _check_output(graph, path, dataset, classes)
+    return Interface(value.name, _INPUT_DTYPES[elem], fixed, classes, dataset)
+
+
+def _check_output(graph: Any, path: str, dataset: str, classes: int) -> None:
+    """One floating-point output, of shape ``(batch, classes)`` where it declares one."""
+    outputs = list(graph.output)
+    if len(outputs) != 1:
+        names = ", ".join(_shown(value.name) for value in outputs[:4]) + (", ..." if len(outputs) > 4 else "")
+        held = f"gives {len(outputs)} outputs ({names})" if outputs else "gives no output"
+        raise UserError(f"{path} {held}; validation reads one output, the logits (batch, classes)")
+    value = outputs[0]
+    name = _shown(value.name)
+    elem = value.type.tensor_type.elem_type if value.type.WhichOneof("value") == "tensor_type" else None
+    if elem not in _FLOAT_TYPES:
+        held = f"{_type_name(elem)} values" if elem is not None else "no tensor"
+        raise UserError(f"{path}: its output {name} gives {held}, not logits; validation reads float "
+                        f"logits (batch, classes)")
+    dims = declared_shape(value)
+    if dims is None:
+        return  # checked on the outputs themselves
+    if len(dims) != 2:
+        raise UserError(f"{path}: its output {name} has shape {_shape_text(dims)}; validation reads "
+                        f"logits of shape (batch, classes)")
+    if isinstance(dims[1], int) and dims[1] != classes:
+        raise UserError(f"{path} is a {dims[1]}-class model but --dataset {dataset} has {classes} "
+                        f"classes; pass the data set it was trained on")
 
 
 def runtime_version() -> str:
@@ -190,26 +343,71 @@ def runtime_version() -> str:
 class OnnxRuntimeModel(torch.nn.Module):
     """An ONNX graph run by ONNX Runtime on the CPU, called like the PyTorch model.
 
-    ``source`` is a file path or a serialized graph (bytes); ``threads`` sets ONNX Runtime's
-    intra-op threads (default: its own choice). ``forward`` takes a float tensor and returns the
-    logits as a CPU tensor.
+    ``source`` is a file path or a serialized graph (bytes), named ``label`` in errors (default:
+    the path, or "the exported graph"); ``threads`` sets ONNX Runtime's intra-op threads
+    (default: its own choice). ``forward`` takes a float tensor and returns the logits as a CPU
+    float32 tensor. With ``interface`` (:func:`check_interface`) the images go to its input, as
+    its type, in pieces of its fixed batch if it has one, and each output must be logits of
+    shape ``(batch, classes)``; loading or running errors are one :class:`UserError` line.
     """
 
-    def __init__(self, source: str | bytes, threads: int | None = None) -> None:
+    def __init__(self, source: str | bytes, threads: int | None = None,
+                 interface: Interface | None = None, label: str | None = None) -> None:
         super().__init__()
         ort = _require("onnxruntime")
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: no warnings on the terminal
+        options.log_severity_level = 4  # fatal only: errors come back as exceptions, told in one line
+        self.label = label or (source if isinstance(source, str) else "the exported graph")
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            inputs = self.session.get_inputs()
         except Exception as err:  # onnxruntime's own exception types
-            where = source if isinstance(source, str) else "the exported graph"
-            raise UserError(f"ONNX Runtime cannot load {where} ({_reason(err)})") from None
-        self.input_name = self.session.get_inputs()[0].name
+            raise UserError(f"ONNX Runtime cannot load {self.label} ({_reason(err)})") from None
+        if interface is None and len(inputs) != 1:
+            raise UserError(f"{self.label} takes {len(inputs)} inputs; expected one, the images")
+        self.run_options = ort.RunOptions()
+        self.run_options.log_severity_level = 4
+        self.interface = interface
+        self.input_name = interface.input_name if interface is not None else inputs[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        fixed = self.interface.fixed_batch if self.interface is not None else None
+        if fixed is None or len(array) == fixed:
+            return self._run(array)
+        pieces = []
+        for start in range(0, len(array), fixed):
+            piece = array[start:start + fixed]
+            padding = np.zeros((fixed - len(piece), *piece.shape[1:]), dtype=piece.dtype)
+            pieces.append(self._run(np.concatenate([piece, padding]))[:len(piece)])
+        return torch.cat(pieces)
+
+    def _run(self, array: np.ndarray) -> torch.Tensor:
+        """The logits of one batch the graph accepts as it is."""
+        dtype = self.interface.input_dtype if self.interface is not None else np.float32
+        try:
+            logits = self.session.run(None, {self.input_name: array.astype(dtype, copy=False)}, self.run_options)[0]
+        except Exception as err:  # onnxruntime's own exception types
+            raise UserError(f"ONNX Runtime cannot run {self.label} on a batch of shape "
+                            f"{tuple(array.shape)} ({_reason(err)})") from None
+        if self.interface is not None:
+            self._check_logits(logits, len(array))
+        return torch.from_numpy(np.array(logits, dtype=np.float32))
+
+    def _check_logits(self, logits: Any, batch: int) -> None:
+        classes = self.interface.classes
+        if (not isinstance(logits, np.ndarray) or logits.dtype.kind != "f"
+                or logits.shape != (batch, classes)):
+            got = (f"{logits.dtype} values of shape {tuple(logits.shape)}" if isinstance(logits, np.ndarray)
+                   else f"a {type(logits).__name__}")
+            raise UserError(f"{self.label} gives {got} for a batch of {batch} images; --dataset "
+                            f"{self.interface.dataset} needs float logits of shape ({batch}, {classes})")
+
+    def check_runs(self, size: int) -> None:
+        """Run one batch of zeros (``size`` x ``size`` images), checking its output, before any
+        data is read."""
+        batch = self.interface.fixed_batch if self.interface is not None and self.interface.fixed_batch else 1
+        self(torch.zeros(batch, 3, size, size))

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import subprocess
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -46,20 +47,97 @@ class _Absent:
 ABSENT = _Absent()
 
 
-def load_metrics(path: str) -> dict[str, Any]:
-    """The JSON object of a metrics file; ``ValueError`` (its message says why) when the file
-    is not valid JSON or not an object. ``NaN``/``Infinity`` literals are read as floats."""
+#: The largest metrics file read: this project writes a few kB, so anything bigger is not one.
+MAX_METRICS_BYTES = 1 << 20
+#: The deepest JSON nesting read from a metrics file: this project writes 3 levels
+#: (``config`` -> ``lr_decay_epochs`` -> a number); deeper files are refused before anything
+#: walks them, so no reader of a metrics file can hit Python's recursion limit.
+MAX_METRICS_DEPTH = 16
+
+
+def _file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words: ``regular file``, ``FIFO``, ``directory``, ..."""
+    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of ``path``, read only when it is a regular file of at most ``limit`` bytes.
+
+    A FIFO, device, socket or directory is refused (``ValueError`` saying what it is) without
+    being opened, so nothing blocks; the file is opened with ``O_NONBLOCK`` and checked again
+    on its descriptor, against a file swapped in between. ``OSError`` when it cannot be read.
+    """
+    kind = _file_kind(os.stat(path).st_mode)
+    if kind != "regular file":
+        raise ValueError(f"not a regular file (a {kind}); only regular files are read")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        kind = _file_kind(os.fstat(fd).st_mode)
+        if kind != "regular file":
+            raise ValueError(f"not a regular file (a {kind}); only regular files are read")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"larger than {limit} bytes, which no metrics file is")
+    return b"".join(chunks)
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, counted without recursion
+    and at most up to ``limit + 1``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_metrics(data: bytes) -> dict[str, Any]:
+    """The JSON object in the bytes of a metrics file; ``ValueError`` (its message says why)
+    when they are not UTF-8 JSON, nest deeper than :data:`MAX_METRICS_DEPTH` or hold no
+    object. ``NaN``/``Infinity`` literals are read as floats."""
+    try:
+        parsed = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise ValueError(f"not valid JSON ({err.reason})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") \
             from None
-    if not isinstance(data, dict):
-        raise ValueError(f"not a JSON object (a {type(data).__name__})")
-    return data
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than Python can read (a metrics file nests at "
+                         f"most {MAX_METRICS_DEPTH} levels)") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ValueError(f"not valid JSON ({str(err).splitlines()[0]})") from None
+    if json_depth(parsed, MAX_METRICS_DEPTH) > MAX_METRICS_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_METRICS_DEPTH} levels, which no "
+                         "metrics file is")
+    if not isinstance(parsed, dict):
+        raise ValueError(f"not a JSON object (a {type(parsed).__name__})")
+    return parsed
+
+
+def load_metrics(path: str) -> dict[str, Any]:
+    """The JSON object of a metrics file (:func:`read_regular_file`, :func:`parse_metrics`):
+    ``ValueError`` saying why for a FIFO, device or directory, a file over
+    :data:`MAX_METRICS_BYTES`, invalid or too deeply nested JSON, or JSON that is no object;
+    ``OSError`` when it cannot be read."""
+    return parse_metrics(read_regular_file(path, MAX_METRICS_BYTES))
 
 
 def metric_value(metrics: Mapping[str, Any], key: str) -> float:
@@ -70,7 +148,10 @@ def metric_value(metrics: Mapping[str, Any], key: str) -> float:
     value = metrics[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{key} is {json.dumps(value)}, not a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"{key} is not a finite number (too large)") from None
     if not math.isfinite(value):
         raise ValueError(f"{key} is {value}, not a finite number")
     if key in PERCENT_METRICS and not 0.0 <= value <= 100.0:

@@ -35,13 +35,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_student  # noqa: E402
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
-from dataset.synthetic import write_fake_cifar100  # noqa: E402
-from distiller_zoo import get_method, method_names  # noqa: E402
-from distiller_zoo.methods import CRDParams  # noqa: E402
+from dataset.synthetic import FAKE_DATASET, write_fake_cifar100  # noqa: E402
+from distiller_zoo import method_names  # noqa: E402
+from distiller_zoo.methods import DEFAULT_METHOD  # noqa: E402
 from engine.config import StudentConfig  # noqa: E402
 from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
 from engine.fit import LoopSettings, Member, run_epoch  # noqa: E402
 from engine.loops import make_grad_scaler  # noqa: E402
+from engine.options import counted  # noqa: E402
 from engine.trainer import Run  # noqa: E402
 from engine.trials import TrialParts, stepping_for  # noqa: E402
 from helper.distributed import DistContext  # noqa: E402
@@ -56,7 +57,7 @@ def parse_option(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="resnet110")
     parser.add_argument("--student", default="represnet20")
-    parser.add_argument("--distill", default="kdrefine", choices=method_names())
+    parser.add_argument("--distill", default=DEFAULT_METHOD, choices=method_names())
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per path")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per path (compilation)")
@@ -107,18 +108,18 @@ def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device,
     """Loader, student, method and step of one path (one trial of it)."""
     channels_last = fast  # the training scripts' default (engine.config.on_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
-    method_cls = get_method(opt.distill)
     mopt = method_options(opt)
     loader_kw = dict(batch_size=opt.batch_size, num_workers=workers, data_folder=data_folder,
                      loader="device" if fast else "torchvision", device=device, seed=seed,
                      channels_last=channels_last, drop_last=True)
-    if method_cls.needs_index:
-        crd = mopt.method.own_of(CRDParams)
-        train_loader, _, n_data = get_sample_dataloaders("cifar100", k=crd.nce_k, mode=crd.mode, **loader_kw)
+    sampling = mopt.method.sampling()
+    if sampling is not None:
+        k, mode = sampling
+        train_loader, _, n_data = get_sample_dataloaders(FAKE_DATASET, k=k, mode=mode, **loader_kw)
     else:
-        train_loader, _, n_data = get_dataloaders("cifar100", **loader_kw)
+        train_loader, _, n_data = get_dataloaders(FAKE_DATASET, **loader_kw)
     torch.manual_seed(seed)
-    n_cls = num_classes("cifar100")
+    n_cls = num_classes(FAKE_DATASET)
     extra = {"fused": "auto" if fast else False} if is_rep_model(opt.student) else {}
     student = build_model(opt.student, num_classes=n_cls, **extra).to(device)
     if channels_last:
@@ -133,7 +134,7 @@ def run_path(opt: argparse.Namespace, data_folder: str, device: torch.device, fa
     """Build one path (``trials`` students for ``--trials``); time ``opt.steps`` steps."""
     torch.manual_seed(0)
     channels_last = fast
-    teacher = freeze(build_model(opt.teacher, num_classes=num_classes("cifar100")).to(device))
+    teacher = freeze(build_model(opt.teacher, num_classes=num_classes(FAKE_DATASET)).to(device))
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     parts = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
@@ -167,7 +168,20 @@ def run_path(opt: argparse.Namespace, data_folder: str, device: torch.device, fa
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return f"cpu ({counted(torch.get_num_threads(), 'thread')})"
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` in the unit a reader takes in at once: seconds, minutes, hours, or days
+    with the hours beside them (``3.8 days (92.0 h)``, not ``5518.3 min``)."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    hours = seconds / 3600
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days ({hours:.1f} h)"
 
 
 @exit_on_user_error
@@ -210,7 +224,7 @@ def main(argv=None) -> dict:
     print(f"fast path (defaults{(' + ' + flags) if flags else ''}): {fast['img_s']:10.1f} img/s")
     if classic:
         print(f"speed-up: {result['ratio']:.2f}x")
-    print(f"projected 240-epoch CIFAR-100 run (training steps): {result['projected_240_epochs_s'] / 60:.1f} min")
+    print(f"projected 240-epoch CIFAR-100 run (training steps): {duration(result['projected_240_epochs_s'])}")
     if several:
         print(f"--trials {opt.trials} (fast path, --trials_mode {opt.trials_mode}): {several['img_s']:10.1f} img/s "
               f"over all trials; the {opt.trials} runs cost {result['trials_cost_in_runs']:.2f} single runs")

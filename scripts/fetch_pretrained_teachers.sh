@@ -29,6 +29,12 @@ names=("$@")
 die() { echo "error: $*" >&2; exit 1; }
 target_of() { echo "save/models/$1_vanilla/$ckpt"; }
 
+for name in "${names[@]}"; do  # -h or --help: the comment above, once
+  if [ "$name" = --help ] || [ "$name" = -h ]; then
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+    exit 0
+  fi
+done
 for name in "${names[@]}"; do
   [[ $name =~ ^[A-Za-z0-9_]+$ ]] || die "'$name' is not a teacher name (such as resnet56)"
 done

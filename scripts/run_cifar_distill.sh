@@ -3,11 +3,21 @@
 # its weights -r/-a/-b explicitly: they are also each method's defaults (README, Distillation
 # methods), so a line without them would train the same. The learning rate is the method's
 # default: 0.05 (0.01 for MobileNetV2/ShuffleNets), and 0.01 for kdrefine.
+# Every line runs even when one fails; the failed lines are listed at the end (exit status 1).
 # Usage: bash scripts/run_cifar_distill.sh [extra train_student.py flags, e.g. --trial 2]
+#   TEACHER=FILE     the teacher checkpoint (default: the one fetch_pretrained_teachers.sh
+#                    installs, ./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth)
+#   TEACHERS=PATTERN or your own teachers, {t} standing for the teacher's name, e.g. those of
+#                    run_cifar_vanilla.sh:
+#                    TEACHERS='save/models/{t}_cifar100_lr_0.05_decay_0.0005_trial_0/ckpt_epoch_240.pth'
+#   STUDENT=NAME     the student (default resnet8x4)
 set -euo pipefail
-T="${TEACHER:-./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth}"
+# shellcheck source=scripts/every_line.sh
+source "$(dirname "$0")/every_line.sh"
+usage_on_help "$@"
+T="${TEACHER:-$(teacher_path resnet32x4)}"
 S="${STUDENT:-resnet8x4}"
-run() { python train_student.py --path_t "$T" --model_s "$S" "$@"; }
+run() { line python train_student.py --path_t "$T" --model_s "$S" "$@"; }
 run --distill kd          -r 0.1 -a 0.9 -b 0     "$@"
 run --distill hint        -r 1 -a 0 -b 100       "$@"
 run --distill attention   -r 1 -a 0 -b 1000      "$@"
@@ -26,3 +36,4 @@ run --distill dkd         -r 1 -a 0 -b 1         "$@"
 run --distill srrl        -r 1 -a 1 -b 1         "$@"
 run --distill semckd      -r 1 -a 1 -b 400       "$@"
 run --distill kdrefine    -r 0.1 -a 0.9 -b 0     "$@"
+finish

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # DKD (Zhao et al., CVPR 2022) on every CIFAR-100 pair of its authors' configs, and DKD with logit
 # standardization (Sun et al., CVPR 2024) with that paper's per-pair values.
+# Every line runs even when one fails; the failed lines are listed at the end (exit status 1).
 # Usage: bash scripts/run_dkd.sh [extra train_student.py flags, e.g. --trial 2]
+#   TEACHERS=PATTERN  where the teachers are, {t} standing for the teacher's name (default: the
+#                     released ones of fetch_pretrained_teachers.sh,
+#                     ./save/models/{t}_vanilla/ckpt_epoch_240.pth); those of run_cifar_vanilla.sh:
+#                     TEACHERS='save/models/{t}_cifar100_lr_0.05_decay_0.0005_trial_0/ckpt_epoch_240.pth'
 #
 # Our loss is r*cls + a*div + b*kd with kd = min(epoch/W, 1) * (A*TCKD + B*NCKD) at temperature T,
 # so a config's DKD.CE_WEIGHT is -r, the KL term is off (-a 0) and the DKD term has weight 1 (-b 1);
@@ -30,12 +35,14 @@
 # Pairs without a published logit-standardization value (no log in that repository) get the plain
 # line only.
 set -euo pipefail
-M=./save/models
+# shellcheck source=scripts/every_line.sh
+source "$(dirname "$0")/every_line.sh"
+usage_on_help "$@"
 run() {  # run TEACHER STUDENT [train_student.py flags]
-  local teacher=$1 student=$2
+  local path_t student=$2
+  path_t="$(teacher_path "$1")"
   shift 2
-  python train_student.py --path_t "$M/${teacher}_vanilla/ckpt_epoch_240.pth" --model_s "$student" \
-    --distill dkd "$@"
+  line python train_student.py --path_t "$path_t" --model_s "$student" --distill dkd "$@"
 }
 
 # mdistiller configs/cifar100/dkd/res56_res20.yaml (BETA 2.0)
@@ -101,3 +108,4 @@ run resnet32x4 wrn_40_2   -r 1 -a 0 -b 1 --dkd_alpha 9 --dkd_beta 72 --dkd_T 2 -
 run wrn_40_2 resnet8x4    -r 1 -a 0 -b 1 --dkd_alpha 18 --dkd_beta 36 --dkd_T 2 --dkd_warmup 20 --logit_stand "$@"
 # logit-standardization-KD logs/DKD/dkd,wrn_40_2,MobileNetV2,2,15,2.0.txt
 run wrn_40_2 MobileNetV2  -r 1 -a 0 -b 1 --dkd_alpha 15 --dkd_beta 30 --dkd_T 2 --dkd_warmup 20 --logit_stand "$@"
+finish

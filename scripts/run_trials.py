@@ -1,10 +1,15 @@
 """Run trials 1..n of a ``train_student.py`` command, skipping the finished ones.
 
-    python scripts/run_trials.py -n 5 [--gpus 0,1,2,3] [--dry-run] -- \\
+    python scripts/run_trials.py -n 5 [--gpus 0,1,2,3] [--dry_run] -- \\
         python train_student.py --path_t save/models/resnet56_vanilla/ckpt_epoch_240.pth \\
-        --model_s represnet20 --distill kdrefine -r 0.1 -a 0.9 -b 0
+        --model_s represnet20 --distill kdrefine -r 0.1 -a 0.9 -b 0 [--seed S]
 
-Each trial runs the command with ``--trial i`` set (any ``--trial`` in it is replaced). Its
+Each trial runs the command with ``--trial i`` set (any ``--trial`` in it is replaced) and, when
+the command gives ``--seed S``, with ``--seed S+i-1``: exactly the trials and seeds of
+``train_student.py --trial 1 --trials n --seed S`` (:func:`engine.trials.trial_configs`: trial
+``1+k`` gets seed ``S+k``), so the folders of either agree; without ``--seed`` the trials are
+unseeded, each with its trial's data order, as there. Two trials that would train with one seed
+(a seed the runner could not set) are refused before anything runs. Its
 resolved configuration comes from running it with ``--print_config`` (one JSON line, no
 training); the run folder is the configuration's ``save_folder`` (else
 ``save/student_model/<run name of the configuration>``), relative to the current directory.
@@ -86,15 +91,16 @@ class Trial:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split ``argv`` at the first ``--`` into this script's flags and the training command."""
     parser = argparse.ArgumentParser(
-        prog="run_trials.py", usage="%(prog)s -n N [--gpus IDS] [--dry-run] -- COMMAND ...",
+        prog="run_trials.py", usage="%(prog)s -n N [--gpus IDS] [--dry_run] -- COMMAND ...",
         description="Run trials 1..N of a train_student.py command; finished trials of the "
                     f"same configuration (with {METRICS_FILE}) are skipped, interrupted ones "
                     "resumed.")
     parser.add_argument("-n", "--trials", type=int, required=True, help="number of trials")
     parser.add_argument("--gpus", default=None,
                         help="comma-separated GPU ids: one trial per GPU at a time")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print what would run or be skipped, run nothing")
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                        help="print what would run or be skipped, run nothing (--dry-run is "
+                             "an alias)")
     if "--" not in argv:
         if {"-h", "--help"} & set(argv):
             parser.parse_args(["--help"])  # prints the help and exits 0
@@ -114,18 +120,63 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, command
 
 
-def with_trial(command: list[str], index: int) -> list[str]:
-    """``command`` with any ``--trial X`` / ``--trial=X`` removed and ``--trial index`` added."""
+def _without(command: list[str], flag: str) -> list[str]:
+    """``command`` with every ``flag X`` / ``flag=X`` removed."""
     out: list[str] = []
     skip = False
     for token in command:
         if skip:
             skip = False
-        elif token == "--trial":
+        elif token == flag:
             skip = True
-        elif not token.startswith("--trial="):
+        elif not token.startswith(flag + "="):
             out.append(token)
-    return out + ["--trial", str(index)]
+    return out
+
+
+def base_seed(command: list[str]) -> int | None:
+    """The ``--seed`` the command gives (its last, as argparse reads it), or None when it gives
+    none or one that is not an integer (``--print_config`` then names the mistake)."""
+    seed = None
+    for k, token in enumerate(command):
+        if token == "--seed" and k + 1 < len(command):
+            seed = command[k + 1]
+        elif token.startswith("--seed="):
+            seed = token.split("=", 1)[1]
+    try:
+        return None if seed is None else int(seed)
+    except ValueError:
+        return None
+
+
+def with_trial(command: list[str], index: int, seed: int | None = None) -> list[str]:
+    """``command`` with any ``--trial X`` / ``--trial=X`` removed and ``--trial index`` added;
+    with ``seed``, any ``--seed`` likewise replaced by ``--seed seed``."""
+    out = _without(command, "--trial") + ["--trial", str(index)]
+    return out if seed is None else _without(out, "--seed") + ["--seed", str(seed)]
+
+
+def trial_commands(command: list[str], n: int) -> list[list[str]]:
+    """The commands of trials 1..n: trial ``i`` with ``--seed S+i-1`` when the command gives
+    ``--seed S`` (as ``train_student.py --trial 1 --trials n --seed S`` seeds them)."""
+    seed = base_seed(command)
+    return [with_trial(command, i, None if seed is None else seed + i - 1) for i in range(1, n + 1)]
+
+
+def check_distinct_seeds(trials: list[Trial]) -> None:
+    """Refuse trials that would train with one seed: they would be the same run, not
+    independent trials."""
+    first: dict[str, int] = {}
+    for trial in trials:
+        seed = trial.config.get("seed")
+        if seed is None:
+            continue
+        key = json.dumps(seed)
+        if key in first:
+            raise UserError(f"trials {first[key]} and {trial.index} would both train with seed "
+                            f"{key}, which makes them one run twice: give the seed as --seed S "
+                            "(trial i then gets S+i-1) or leave it out")
+        first[key] = trial.index
 
 
 def resolved_config(command: list[str]) -> dict:
@@ -254,14 +305,16 @@ def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
     has_last = os.path.isfile(trial.last_path)
     resume_or = (RESUME, f"continuing from {trial.last_path}") if has_last else None
 
-    if not os.path.isfile(metrics_path):
+    if not os.path.lexists(metrics_path):
         return _decide_without_metrics(trial, resume_or)
     try:
-        metrics = load_metrics(metrics_path)
+        metrics = load_metrics(metrics_path)  # refuses a FIFO or device without blocking
     except (OSError, ValueError) as err:
-        if resume_or:
+        if resume_or and os.path.isfile(metrics_path):
             trial.action, trial.reason = resume_or
             return None
+        if resume_or:  # not a regular file: training would trip over it too
+            return f"{metrics_path} is unreadable ({err}); move it away to continue the trial"
         return (f"{metrics_path} is unreadable ({err}) and there is no {trial.last_path} to "
                 "resume; move the folder away to rerun this trial")
 
@@ -284,7 +337,7 @@ def decide(trial: Trial, hashes: TeacherHashes) -> str | None:
 
 def plan_trials(command: list[str], n: int) -> list[Trial]:
     """Trials 1..n of ``command`` with their configurations, folders and actions."""
-    commands = [with_trial(command, i) for i in range(1, n + 1)]
+    commands = trial_commands(command, n)
     workers = max(1, min(n, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:  # each --print_config starts a Python process
         configs = list(pool.map(resolved_config, commands))
@@ -294,6 +347,7 @@ def plan_trials(command: list[str], n: int) -> list[Trial]:
             raise UserError("run_trials.py runs one trial per process: drop --trials "
                             f"{config['trials']} from the command (or use it without run_trials)")
         trials.append(Trial(i, cmd, config, run_folder(config)))
+    check_distinct_seeds(trials)
     hashes = TeacherHashes()
     conflicts = [(t, msg) for t in trials if (msg := decide(t, hashes)) is not None]
     if conflicts:

@@ -51,7 +51,7 @@ def test_compiled_step_matches_eager_with_partial_last_batch(monkeypatch):
     torch.manual_seed(0)
     teacher = distill.freeze(model_dict["resnet8"](num_classes=10))
     student = model_dict["represnet8"](num_classes=10, fused=False)
-    opt = SimpleNamespace(kd_T=4.0, logit_stand=False, gamma=0.1, alpha=0.9, beta=0.0)
+    opt = SimpleNamespace(kd_T=4.0, logit_stand=False, gamma=0.1, alpha=0.9, beta=0.0, batch_size=64)
     method = build_method("kdrefine", opt, student, teacher, [], [], 100)
     weights = distill.loss_weights(opt)
     eager = distill.DistillStep(student, teacher, method, weights)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import distiller_zoo as dz
+from distiller_zoo.crd import z_message
 
 N_DATA, S_DIM, T_DIM, FEAT, K, BSZ = 200, 16, 32, 16, 20, 6
 
@@ -100,11 +101,11 @@ class RefCRD:
             if z_v1 < 0:
                 self.params[2] = out_v1.mean() * n
                 z_v1 = self.params[2].item()
-                self.messages.append(f"normalization constant Z_v1 is set to {z_v1:.1f}")
+                self.messages.append(z_message("Z_v1", z_v1))  # the CRD code's value, our wording
             if z_v2 < 0:
                 self.params[3] = out_v2.mean() * n
                 z_v2 = self.params[3].item()
-                self.messages.append(f"normalization constant Z_v2 is set to {z_v2:.1f}")
+                self.messages.append(z_message("Z_v2", z_v2))  # the CRD code's value, our wording
         out_v1 = torch.div(out_v1, z_v1).contiguous()
         out_v2 = torch.div(out_v2, z_v2).contiguous()
         with torch.no_grad():

@@ -17,10 +17,11 @@ from helper.errors import UserError
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dataset"
 #: spec fields that may be None, and what None means
-OPTIONAL = {"sample_loaders": "no contrastive (CRD) sampling"}
+OPTIONAL = {"sample_loaders": "no contrastive (CRD) sampling",
+            "train_images": "the training split is what the folders hold (no fixed size)"}
 
 
-@pytest.mark.parametrize("name", D.DATASETS)
+@pytest.mark.parametrize("name", D.dataset_names())
 def test_every_spec_is_complete(name):
     spec = D.dataset_spec(name)
     assert isinstance(spec, D.DatasetSpec) and spec.name == name
@@ -33,6 +34,7 @@ def test_every_spec_is_complete(name):
     for builder in ("loaders", "test_loader", "test_split", "sample_k"):
         assert callable(getattr(spec, builder)), f"{name}: {builder} is not callable"
     assert spec.sample_loaders is None or callable(spec.sample_loaders)
+    assert isinstance(spec.image_size, int) and spec.image_size > 0
     assert isinstance(spec.classes, int) or callable(spec.classes)
     if not callable(spec.stats):
         mean, std = spec.stats
@@ -58,7 +60,7 @@ def test_schedules_and_zoos():
     expected = {"cifar100": (D.CIFAR_SCHEDULE, "cifar", "device"),
                 "digits": (D.CIFAR_SCHEDULE, "cifar", "device"),
                 "imagenet": (D.IMAGENET_SCHEDULE, "imagenet", "torchvision")}
-    assert set(D.DATASETS) == set(expected)
+    assert set(D.dataset_names()) == set(expected)
     for name, (schedule, zoo, loader) in expected.items():
         spec = D.dataset_spec(name)
         assert (spec.schedule, spec.model_zoo, spec.default_loader) == (schedule, zoo, loader)
@@ -114,7 +116,7 @@ def test_dataset_functions_do_not_branch_on_names():
     """No ``dataset == 'imagenet'``, no name-keyed dict, no name literal at all in the code of
     :mod:`dataset` (docstrings aside): what differs per set lives in its spec."""
     tree = ast.parse((PACKAGE / "__init__.py").read_text())
-    names = set(D.DATASETS)
+    names = set(D.dataset_names())
     found = [(line, text) for line, text in _string_constants(tree)
              if any(name in text for name in names)]
     assert found == [], f"data-set names in dataset/__init__.py: {found}"
@@ -156,5 +158,22 @@ def test_dataset_layer_imports_only_itself_and_helper(path):
 
 
 def test_registry_lists_every_spec_once():
-    assert registry.DATASETS == tuple(registry.SPECS)
-    assert all(key == spec.name for key, spec in registry.SPECS.items())
+    names = D.dataset_names()
+    assert len(set(names)) == len(names) and names[:3] == ("cifar100", "digits", "imagenet")
+    assert all(D.dataset_spec(name).name == name for name in names)
+    assert D.DEFAULT_DATASET in names
+    assert {name: D.dataset_spec(name).image_size for name in names[:3]} == {
+        "cifar100": 32, "digits": 32, "imagenet": 224}
+
+
+def test_register_dataset_adds_a_set_and_refuses_a_name_twice(monkeypatch):
+    monkeypatch.setattr(registry, "_SPECS", dict(registry._SPECS))  # undone after the test
+    tiny = dataclasses.replace(D.dataset_spec("digits"), name="tiny", image_size=16,
+                               description="a test set")
+    assert D.register_dataset(tiny) is tiny
+    assert D.dataset_names()[-1] == "tiny" and D.dataset_spec("tiny") is tiny
+    assert "tiny: a test set" in D.dataset_help()
+    with pytest.raises(ValueError, match="registered twice"):
+        D.register_dataset(tiny)
+    with pytest.raises(TypeError):
+        D.register_dataset({"name": "dict"})

@@ -36,7 +36,7 @@ def test_flag_default_and_validation(capsys):
     assert train_student.parse_option(["--path_t", "t.pth", "--dist_timeout", "0.5"]).run.dist_timeout == 0.5
     for bad in ("0", "-1", "nan", "inf"):
         line = exit_message(capsys, train_teacher.main, ["--dist_timeout", bad, "--device", "cpu"])
-        assert "--dist_timeout must be a positive number of minutes" in line
+        assert line.startswith(f"error: --dist_timeout {bad}: ") and "must be a positive number of minutes" in line
     assert check_timeout(0.05) == 0.05
     with pytest.raises(UserError, match="--dist_timeout"):
         with distributed("cpu", 0.0, environ={}):

@@ -1,20 +1,23 @@
-"""The README's "Extending" section runs as printed: a new distillation method, a new model and a
-new block type, each registered from a file of its own and used through a launcher script.
+"""The README's "Extending" section runs as printed: a new distillation method, a new model, a
+new block type and a new data set, each registered from a file of its own and used through a
+launcher script.
 
 Every fenced block of the section follows a marker ``<!-- example: NAME -->``: ``NAME.py`` blocks
 are written to a folder under that name, ``NAME.sh`` blocks are run there by bash, line by line
-as printed (``python`` is this interpreter; the entry scripts are linked into the folder, the
-repository is on ``PYTHONPATH``). The registries are process-global, so everything runs in
-subprocesses.
+as printed (``python`` is this interpreter, with its packages in a venv too; the entry scripts are
+linked into the folder, the repository is on ``PYTHONPATH``). The registries are process-global,
+so everything runs in subprocesses.
 """
 import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_SCRIPTS = ("train_teacher.py", "train_student.py", "convert.py", "validation.py")
@@ -38,6 +41,21 @@ def examples() -> dict[str, str]:
     return found
 
 
+def example_env(tmp_path) -> dict[str, str]:
+    """The environment the examples run in: ``python`` first on PATH is this interpreter, as a
+    script that execs it (a symlink to it would start a venv's base interpreter, without the
+    venv's packages), and the repository is on PYTHONPATH."""
+    bin_dir = tmp_path / "_bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
 def run_example(tmp_path, script: str) -> subprocess.CompletedProcess:
     """Write every Python block of the section into ``tmp_path`` and run the bash block ``script``."""
     for name, body in examples().items():
@@ -45,23 +63,25 @@ def run_example(tmp_path, script: str) -> subprocess.CompletedProcess:
             (tmp_path / name).write_text(body)
     for name in ENTRY_SCRIPTS:
         os.symlink(os.path.join(ROOT, name), tmp_path / name)
-    bin_dir = tmp_path / "_bin"
-    bin_dir.mkdir()
-    os.symlink(sys.executable, bin_dir / "python")
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env = example_env(tmp_path)
     out = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", examples()[script]], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"{script} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
+def test_python_of_the_examples_is_this_interpreter_with_its_packages(tmp_path):
+    """In a venv too: the examples' ``python`` has this interpreter's prefix (and so torch)."""
+    out = subprocess.run(["python", "-c", "import sys; print(sys.prefix)"], env=example_env(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == sys.prefix, out.stdout + out.stderr
+
+
 def test_section_has_the_three_examples():
     names = set(examples())
     assert {"my_method.py", "train_emse.py", "method.sh", "my_model.py", "check_model.py",
             "train_tinycnn.py", "model.sh", "my_block.py", "check_block.py", "train_dual.py",
-            "block.sh"} <= names
+            "block.sh", "my_dataset.py", "with_digits01.py", "dataset.sh"} <= names
     section = extending_section()
     assert "-t DUAL" in section  # how a user selects the new block type
 
@@ -95,3 +115,14 @@ def test_new_block_type_converts_exactly(tmp_path):
     assert "DUAL converts exactly" in out.stdout
     help_line = next(line for line in out.stdout.splitlines() if "--blocktype" in line)
     assert "DUAL" in help_line, out.stdout
+
+
+@pytest.mark.slow
+def test_new_dataset_trains_and_validates(tmp_path):
+    """The data set from its own file: a one-epoch teacher, then validation.py on the data set
+    the checkpoint records (convert.py's ONNX size: tests/test_dataset_names.py, in process)."""
+    out = run_example(tmp_path, "dataset.sh")
+    path = tmp_path / "save" / "models" / "resnet8_digits01_lr_0.05_decay_0.0005_trial_0" / "resnet8_last.pth"
+    assert torch.load(path, map_location="cpu", weights_only=False)["config"]["dataset"] == "digits01"
+    assert "data set digits01 (recorded in" in out.stdout
+    assert math.isfinite(float(out.stdout.split("accuracy: ")[-1].split()[0]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,10 @@ class Net:
         fake = self.bin / downloader
         fake.write_text(FAKE_DOWNLOADER.format(python=sys.executable))
         fake.chmod(0o755)
-        os.symlink(sys.executable, self.bin / "python")
+        # `python` is this interpreter: a script that execs it (a symlink to it would start a
+        # venv's base interpreter, without the venv's torch)
+        (self.bin / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+        (self.bin / "python").chmod(0o755)
         path = f"{self.bin}{os.pathsep}{os.environ['PATH']}"
         if downloader == "wget":  # a PATH without the real curl: only the tools the script needs
             for tool in TOOLS:
@@ -148,6 +152,15 @@ def assert_one_error_line(out, *fragments):
 def same_bytes(a, b):
     with open(a, "rb") as fa, open(b, "rb") as fb:
         return fa.read() == fb.read()
+
+
+@pytest.mark.parametrize("downloader", ["curl", "wget"])
+def test_the_scripts_python_is_this_interpreter_with_its_packages(tmp_path, downloader):
+    """In a venv too: the ``python`` the script finds has this interpreter's prefix."""
+    net = Net(tmp_path, downloader)
+    out = subprocess.run([BASH, "-c", "python -c 'import sys; print(sys.prefix)'"], env=net.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == sys.prefix, out.stdout + out.stderr
 
 
 def test_unreachable_hosts_leave_no_folder_and_say_so_in_one_line(tmp_path):

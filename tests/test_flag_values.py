@@ -39,6 +39,12 @@ BAD_STUDENT = [
     (["--init_epochs", "-1"], "--init_epochs -1"),
     (["--nce_k", "0"], "--nce_k 0"),
     (["--feat_dim", "0"], "--feat_dim 0"),
+    (["--feat_dim", "65537"], "--feat_dim 65537"),
+    (["--distill", "crd", "--nce_k", "50000"], "--nce_k 50000"),
+    (["--dist_timeout", "1e300"], "--dist_timeout 1e+300"),
+    (["--dist_timeout", "0"], "--dist_timeout 0"),
+    (["--print_freq", "0"], "--print_freq 0"),
+    (["--distill", "kdrefine", "--logit_stand"], "--logit_stand"),
     (["--nce_t", "0"], "--nce_t 0"),
     (["--nce_m", "1"], "--nce_m 1"),
     (["--nce_m", "-0.1"], "--nce_m -0.1"),
@@ -84,6 +90,8 @@ BAD_TEACHER = [
     (["--batch_size", "-64"], "--batch_size -64"),
     (["--print_freq", "-5"], "--print_freq -5"),
     (["--print_freq", "0"], "--print_freq 0"),
+    (["--dist_timeout", "0"], "--dist_timeout 0"),
+    (["--dist_timeout", "20000"], "--dist_timeout 20000"),
     (["--device", "gpu"], "--device gpu"),
     (["--epochs", "2", "--lr_decay_epochs", "1,3"], "--lr_decay_epochs 1,3"),
     (["--dataset", "imagenet", "--model", "resnet18", "--epochs", "10", "--lr_decay_epochs", "30"],
@@ -128,6 +136,8 @@ def config(capsys, fn, argv) -> dict:
     ["--device", "cpu"], ["--device", "cuda"], ["--device", "auto"],
     ["--model_s", "resnet8"],  # the default block type with a plain student is fine
     ["--model_s", "represnet8", "-t", "ACB"],
+    ["--distill", "crd", "--feat_dim", "65536", "--nce_k", "49999", "--dist_timeout", "10080"],
+    ["--tb_freq", "500"],
     ["--dataset", "digits", "--model_s", "repvgg8", "-t", "RepVGG", "--epochs", "2"],
 ], ids=lambda flags: " ".join(flags) or "none")
 def test_good_student_flags_pass(capsys, flags):

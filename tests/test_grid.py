@@ -9,13 +9,19 @@ apply to a pair (FSP and KDSVD need equal channel counts) must stop before train
 line naming both channel counts, and ``main`` with exit 2. Which cells those are is read off the
 compatibility contract (``tests/fixtures/reference/models.json``), not off the code under test.
 
-``make test`` runs a sample (every method on at least 3 pairs, every pair with at least 6
-methods); ``pytest -m grid`` runs all 162 cells.
+The methods are the registry's (:func:`distiller_zoo.method_names`), the pairs the columns of the
+KDrefine table in ``scripts/published_results.json`` (with their re-parameterizable students), so
+a method or a pair added there is in the grid without an edit here. ``make test`` runs a sample
+(:func:`sampled`: every method on 3 pairs, every pair with at least 4 methods); ``pytest -m grid``
+runs every cell.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
+import zlib
 
 import pytest
 import torch
@@ -29,28 +35,64 @@ from engine.fit import LoopSettings, run_epoch
 from models import model_dict
 from tests.reference import load_json
 
-PAIRS = [("wrn_40_2", "repwrn_16_2"), ("wrn_40_2", "repwrn_40_1"), ("resnet56", "represnet20"),
-         ("resnet110", "represnet20"), ("resnet110", "represnet32"), ("vgg13", "repvgg8"),
-         ("vgg13", "repmobilenetv2"), ("ResNet50", "repmobilenetv2"), ("ResNet50", "repvgg8")]
+Pair = tuple[str, str]
+Cell = tuple[str, str, str]
+
+PUBLISHED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                         "published_results.json")
+
+
+def table_pairs(table_id: str = "kdrefine") -> list[Pair]:
+    """The table's (teacher, student) columns, each student as its re-parameterizable form."""
+    with open(PUBLISHED, encoding="utf-8") as f:
+        published = json.load(f)
+    rep_of = {plain: rep for rep, plain in published["rep_students"].items()}
+    table = next(t for t in published["tables"] if t["id"] == table_id)
+    return [(column["teacher"], rep_of[column["student"]]) for column in table["columns"]]
+
+
+PAIRS = table_pairs()
 METHODS = method_names()
 CELLS = [(t, s, m) for (t, s), m in itertools.product(PAIRS, METHODS)]
 EQUAL_CHANNELS_METHODS = {"fsp": slice(0, -1), "kdsvd": slice(1, -1)}  # the features each compares
 
+#: The sample's cost table: (teacher, method) cells whose one CPU step takes 30 to 150 s (the
+#: method's projections of ResNet50's 2048-channel features). ``make test`` never samples them
+#: (whatever pairs or methods are added); ``pytest -m grid`` runs them.
+SLOW = {("ResNet50", "semckd"), ("ResNet50", "factor")}
+PAIRS_PER_METHOD = 3
+METHODS_PER_PAIR = 4
 
-def sampled(cells: list[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-    """Every method on 3 pairs and every pair with at least 6 methods: method ``k`` runs on the
-    pairs ``k+1``, ``k+4`` and ``k+7`` (mod 9), so each pair gets 6 of the 18 methods. The
-    shift by one keeps semckd and factor off the ResNet50 pairs, where one CPU step of theirs
-    takes 30 to 150 s (2048-channel projections); ``pytest -m grid`` runs those cells."""
-    chosen = set()
-    for k, method in enumerate(METHODS):
-        for j in (1, 4, 7):
-            teacher, student = PAIRS[(k + j) % len(PAIRS)]
+
+def rank(method: str, pair: Pair) -> int:
+    """A fixed pseudo-random number for the cell (the same on every machine and run): the lower,
+    the earlier the cell is sampled."""
+    return zlib.crc32(f"{method} on {pair[0]} -> {pair[1]}".encode())
+
+
+def sampled(methods: list[str], pairs: list[Pair]) -> set[Cell]:
+    """Each method on its ``PAIRS_PER_METHOD`` lowest-ranked pairs (rendezvous hashing), leaving
+    out :data:`SLOW` cells; then a pair left with fewer than ``METHODS_PER_PAIR`` methods gets its
+    lowest-ranked other methods.
+
+    A method's own pairs depend on its name and the pairs alone, not on the other methods or the
+    order of names: adding a method changes no other method's cells (while no pair needs the
+    top-up: a method added only adds to the pairs' counts), and adding a pair moves a method's
+    cell only onto that pair, never between the pairs there were."""
+    chosen: set[Cell] = set()
+    for method in methods:
+        allowed = [pair for pair in pairs if (pair[0], method) not in SLOW]
+        for teacher, student in sorted(allowed, key=lambda pair: rank(method, pair))[:PAIRS_PER_METHOD]:
             chosen.add((teacher, student, method))
+    for pair in pairs:
+        have = {m for t, s, m in chosen if (t, s) == pair}
+        others = sorted((m for m in methods if m not in have and (pair[0], m) not in SLOW),
+                        key=lambda m: rank(m, pair))
+        chosen.update((*pair, m) for m in others[:max(0, METHODS_PER_PAIR - len(have))])
     return chosen
 
 
-SAMPLE = sampled(CELLS)
+SAMPLE = sampled(METHODS, PAIRS)
 SAMPLED_CELLS = [pytest.param(*cell, id="-".join(cell)) for cell in CELLS if cell in SAMPLE]
 ALL_CELLS = [pytest.param(*cell, id="-".join(cell)) for cell in CELLS]
 
@@ -74,10 +116,12 @@ def refused(teacher: str, student: str, method: str) -> tuple[list[int], list[in
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A folder with a tiny CIFAR-100 set and one random teacher file per teacher of the table,
-    in RepDistiller's layout (``save/models/<arch>_vanilla/ckpt_epoch_240.pth``)."""
+    """A folder with a tiny CIFAR-100 set (8 training images: two batches for an init stage, the
+    first for the step; 4 test images: one batch for the teacher's accuracy check) and one random
+    teacher file per teacher of the table, in RepDistiller's layout
+    (``save/models/<arch>_vanilla/ckpt_epoch_240.pth``)."""
     root = tmp_path_factory.mktemp("grid")
-    write_fake_cifar100(root / "data", n_train=16, n_test=8)
+    write_fake_cifar100(root / "data", n_train=8, n_test=4)
     images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for arch in sorted({t for t, _ in PAIRS}):
         folder = root / "save" / "models" / f"{arch}_vanilla"
@@ -145,11 +189,28 @@ def check_cell(workdir, teacher: str, student: str, method: str) -> None:
 
 
 def test_the_sample_covers_every_method_and_pair():
-    assert not {c for c in SAMPLE if c[0] == "ResNet50" and c[2] in ("semckd", "factor")}
+    assert not {cell for cell in SAMPLE if cell[::2] in SLOW}
     per_method = {m: sum(1 for c in SAMPLE if c[2] == m) for m in METHODS}
     per_pair = {p: sum(1 for c in SAMPLE if c[:2] == p) for p in PAIRS}
-    assert len(METHODS) == 18 and len(CELLS) == 162
-    assert min(per_method.values()) >= 3 and min(per_pair.values()) >= 6
+    assert len(CELLS) == len(method_names()) * len(table_pairs()) == len(set(CELLS))
+    assert min(per_method.values()) >= PAIRS_PER_METHOD and min(per_pair.values()) >= METHODS_PER_PAIR
+
+
+@pytest.mark.parametrize("new_method", ["aaa", "new_method", "zzz"])
+def test_adding_a_method_keeps_the_other_methods_cells(new_method):
+    """A method added to the registry (wherever its name sorts) runs on its own pairs; every
+    other method keeps its sampled pairs (the old sampler shifted them all by one position)."""
+    grown = sampled([*METHODS, new_method], PAIRS)
+    assert {cell for cell in grown if cell[2] != new_method} == SAMPLE
+    assert sum(1 for cell in grown if cell[2] == new_method) == PAIRS_PER_METHOD
+
+
+@pytest.mark.parametrize("new_pair", [("ResNet50", "repnew"), ("resnet8", "represnet8")])
+def test_adding_a_pair_moves_cells_only_onto_it(new_pair):
+    grown = sampled(METHODS, [*PAIRS, new_pair])
+    assert {cell for cell in grown if cell[:2] != new_pair} <= SAMPLE
+    assert sum(1 for cell in grown if cell[:2] == new_pair) >= METHODS_PER_PAIR
+    assert not {cell for cell in grown if cell[::2] in SLOW}
 
 
 def test_a_method_that_cannot_apply_exits_2_with_one_line(workdir, monkeypatch, capsys):

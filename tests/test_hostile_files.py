@@ -25,7 +25,7 @@ import validation
 from dataset import cifar100
 from helper import checkpoint as C
 from helper.errors import UserError
-from helper.safe_pickle import RefusedGlobal, numpy_array_globals, restricted_loads
+from helper.pickle_reader import PickleError, RefusedGlobal, read_pickle_bytes
 from models import model_dict
 from tests.cifar_fixtures import py2_pickle_bytes, write_fake_cifar100
 
@@ -96,18 +96,30 @@ def test_rigged_cifar_file_through_train_teacher(tmp_path):
     assert not marker.exists()
 
 
-def test_restricted_unpickler_allows_only_numpy_arrays():
+def test_pickle_reader_builds_only_plain_data_and_numeric_arrays():
     array = np.arange(12, dtype=np.int16).reshape(3, 4)
-    for protocol in (2, 4, 5):
-        value = {b"k": [1, 2.5, "s", b"b", None, True, (1,)], "a": array, "n": np.float32(3)}
-        out = restricted_loads(pickle.dumps(value, protocol=protocol), numpy_array_globals())
-        np.testing.assert_array_equal(out["a"], array)
-        assert out[b"k"] == [1, 2.5, "s", b"b", None, True, (1,)] and out["n"] == np.float32(3)
+    plain = {b"k": [1, 2.5, "s", b"b", None, True, (1,)], "e": b"", 7: {None: (-2**70, ())}}
+    for protocol in range(6):
+        assert read_pickle_bytes(pickle.dumps(plain, protocol=protocol)) == plain
+    sets = [{1, "a"}, frozenset({2.5, b"b"})]
+    assert read_pickle_bytes(pickle.dumps(sets, protocol=4)) == sets
+    with pytest.raises(PickleError, match="a tuple as a dict key"):  # hashing walks a tuple
+        read_pickle_bytes(pickle.dumps({(1, 2): 3}))
+    for protocol in (2, 3, 4, 5):
+        out = read_pickle_bytes(pickle.dumps({"a": array, "f": np.asfortranarray(array)},
+                                             protocol=protocol), max_array_bytes=24)
+        for key in "af":
+            np.testing.assert_array_equal(out[key], array)
+        assert out["a"].dtype == np.int16
     with pytest.raises(RefusedGlobal) as err:
-        restricted_loads(pickle.dumps(OrderedDict(a=1)), numpy_array_globals())
+        read_pickle_bytes(pickle.dumps(OrderedDict(a=1)), max_array_bytes=24)
     assert err.value.qualname == "collections.OrderedDict"
-    with pytest.raises(RefusedGlobal):  # no allow-list: plain containers only
-        restricted_loads(pickle.dumps(array))
+    with pytest.raises(RefusedGlobal):  # numpy scalars are objects numpy builds: refused
+        read_pickle_bytes(pickle.dumps(np.float32(3)), max_array_bytes=24)
+    with pytest.raises(RefusedGlobal):  # no array budget: plain containers only
+        read_pickle_bytes(pickle.dumps(array))
+    with pytest.raises(PickleError, match="more than the 23 bytes"):
+        read_pickle_bytes(pickle.dumps(array), max_array_bytes=23)
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -290,14 +302,15 @@ def test_digest_of_written_checkpoints(tmp_path):
     path = tmp_path / "resnet8_last.pth"
     C.save_checkpoint(state, str(path))
     raw = torch.load(path, weights_only=False)
-    assert raw[C.DIGEST_KEY].startswith("sha256:") and len(raw[C.DIGEST_KEY]) == 7 + 64
-    assert raw[C.DIGEST_KEY] == C.compute_digest(state)  # the saved tensors, hashed in key order
+    assert raw[C.DIGEST_KEY].startswith("v2:sha256:") and len(raw[C.DIGEST_KEY]) == 10 + 64
+    assert raw[C.DIGEST_KEY] == C.compute_digest(state)  # the whole content, as it was saved
     loaded = C.load_checkpoint(str(path))
     assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["fc.weight"], model.fc.weight)
-    # non-tensor entries may be edited (e.g. dropping 'arch'), tensors may not
-    del raw["epoch"]
-    torch.save(raw, path)
-    C.load_checkpoint(str(path))
+    # neither the other entries (dropping 'epoch') nor the tensors may be edited
+    edited = dict(raw)
+    del edited["epoch"]
+    torch.save(edited, path)
+    assert "digest mismatch: the file is corrupted" in load_error(path)
     raw["model"]["fc.bias"] = raw["model"]["fc.bias"] + 1
     torch.save(raw, path)
     assert "digest mismatch: the file is corrupted" in load_error(path)
@@ -313,7 +326,7 @@ def test_flipped_byte_in_a_tensor_is_refused(tmp_path):
     deploy = tmp_path / "deploy.pth"
     C.save_checkpoint(OrderedDict([("weight", weights), ("bias", torch.ones(64))]), str(deploy))
     loaded = torch.load(deploy, weights_only=True)
-    assert list(loaded) == ["weight", "bias"] and loaded.digest.startswith("sha256:")
+    assert list(loaded) == ["weight", "bias"] and loaded.digest.startswith("v2:sha256:")
     lin = torch.nn.Linear(64, 64)
     lin.load_state_dict(C.load_checkpoint(str(deploy)), strict=True)
     flip_byte_inside(deploy, weights)

@@ -3,6 +3,7 @@ the ImageFolder loaders."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -10,8 +11,10 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from dataset.imagenet import IMAGENET_MEAN, IMAGENET_STD, get_imagenet_dataloaders
+from dataset.imagenet import (IMAGENET_MEAN, IMAGENET_STD, get_imagenet_dataloaders, get_imagenet_val_loader,
+                              index_image_folder, num_imagenet_classes)
 from helper.errors import UserError
+from tests.guards import deadline
 from models.imagenet import build_imagenet_model, check_imagenet_model_name, imagenet_model_dict
 from models.rep_blocks import reparameterize_model
 
@@ -211,6 +214,88 @@ def test_distributed_sampler_splits_train_set(tmp_path, monkeypatch):
     assert len(list(train_loader.sampler)) == n_data // 2
     # each process evaluates an exact shard of the val set: rank 1 of 2 takes positions 1, 3, 5
     assert list(val_loader.sampler) == [1, 3, 5]
+
+
+# ---- hostile trees: loops, FIFOs, links, non-images, empty classes ---------------------------
+
+def test_a_symlink_to_dot_in_a_class_folder_does_not_loop(tmp_path):
+    make_image_folder(str(tmp_path))
+    os.symlink(".", tmp_path / "val" / "n01" / "again")
+    os.symlink("..", tmp_path / "val" / "n02" / "up")
+    with deadline():
+        classes, samples = index_image_folder(str(tmp_path / "val"))
+    assert classes == ["n01", "n02", "n03"] and len(samples) == 6  # each image once
+    assert [target for _, target in samples] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda path: os.mkfifo(path), "is not a regular file but a FIFO"),
+    (lambda path: path.write_text("not an image"), "is not an image (no format PIL reads)"),
+    (lambda path: os.symlink("/dev/null", path), "is not a regular file but a character device"),
+    (lambda path: os.symlink(path.parent / "missing.png", path), "a broken symlink"),
+    (lambda path: os.symlink(path.parent.parent, path), "is not a regular file but a directory"),
+], ids=["fifo", "text", "device-link", "broken-link", "dir-link"])
+def test_a_bad_file_is_one_line_when_the_set_is_indexed(tmp_path, make, expected):
+    make_image_folder(str(tmp_path))
+    bad = tmp_path / "val" / "n02" / "x.png"
+    make(bad)
+    with deadline(), pytest.raises(UserError) as err:
+        get_imagenet_dataloaders(str(tmp_path), num_workers=0)  # before any batch is read
+    assert str(bad) in str(err.value) and expected in str(err.value), err.value
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_symlinked_image_is_read_wherever_it_lies(tmp_path):
+    """A file symlink resolving to a regular image file is followed, also out of the tree;
+    one resolving to a file that is no image is refused (the rule above)."""
+    make_image_folder(str(tmp_path / "data"))
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (40, 40), COLOURS["n02"]).save(outside)
+    os.symlink(outside, tmp_path / "data" / "val" / "n02" / "linked.png")
+    classes, samples = index_image_folder(str(tmp_path / "data" / "val"))
+    assert (str(tmp_path / "data" / "val" / "n02" / "linked.png"), 1) in samples and len(samples) == 7
+    (tmp_path / "secret.txt").write_text("root:x:0:0")
+    os.symlink(tmp_path / "secret.txt", tmp_path / "data" / "val" / "n03" / "passwd.png")
+    with pytest.raises(UserError, match="passwd.png is not an image"):
+        index_image_folder(str(tmp_path / "data" / "val"))
+
+
+def test_an_empty_class_folder_is_no_class(tmp_path):
+    make_image_folder(str(tmp_path))
+    for split in ("train", "val"):
+        os.makedirs(tmp_path / split / "n04" / "nested")  # no images, at any depth
+    assert num_imagenet_classes(str(tmp_path)) == 3
+    train_loader, val_loader, n_data, num_classes = get_imagenet_dataloaders(str(tmp_path), num_workers=0)
+    assert (n_data, num_classes) == (9, 3) and val_loader.dataset.classes == ["n01", "n02", "n03"]
+    shutil.rmtree(tmp_path / "train")  # validation only: the classes of val
+    assert num_imagenet_classes(str(tmp_path)) == 3
+
+
+def test_a_val_class_without_images_is_a_class_mismatch(tmp_path):
+    """An empty val class folder whose train folder holds images: the labels would shift."""
+    make_image_folder(str(tmp_path))
+    for image in os.listdir(tmp_path / "val" / "n02"):
+        os.remove(tmp_path / "val" / "n02" / image)
+    for build in (lambda: get_imagenet_dataloaders(str(tmp_path), num_workers=0),
+                  lambda: get_imagenet_val_loader(str(tmp_path), num_workers=0)):
+        with pytest.raises(UserError, match=r"differ .*\(2 vs 3 classes holding images\)"):
+            build()
+
+
+def test_an_image_truncated_after_its_header_is_one_line_mid_epoch(tmp_path):
+    """Headers are read at indexing; pixels only when a batch needs them: a truncated image is
+    one line then, also from a DataLoader worker."""
+    make_image_folder(str(tmp_path))
+    victim = tmp_path / "val" / "n03" / "n03_1.JPEG"
+    noise = torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(noise.numpy()).save(victim, quality=95)  # most of its bytes are pixels
+    data = victim.read_bytes()
+    victim.write_bytes(data[:len(data) // 2])
+    loader = get_imagenet_val_loader(str(tmp_path), batch_size=2, num_workers=1)
+    with deadline(60), pytest.raises(UserError) as err:
+        list(loader)
+    assert str(err.value).startswith(f"{victim} is not a readable image (OSError: image file is truncated")
+    assert len(str(err.value).splitlines()) == 1
 
 
 # ---- the entry scripts on ImageNet --------------------------------------------------------

@@ -179,12 +179,14 @@ def fitted_student() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """convert.py --save --onnx on a train-form represnet8 checkpoint: (folder, model, paths)."""
+    """convert.py --save --onnx on a train-form represnet8 checkpoint of a digits run (its config
+    records the data set): (folder, model, paths)."""
     folder = tmp_path_factory.mktemp("onnx")
     model = fitted_student()
     paths = {k: str(folder / n) for k, n in (("train", "r8_last.pth"), ("deploy", "r8_deploy.pth"),
                                              ("onnx", "r8.onnx"))}
-    torch.save({"model": model.state_dict(), "arch": CLI_STUDENT, "blocktype": CLI_BLOCKTYPE}, paths["train"])
+    torch.save({"model": model.state_dict(), "arch": CLI_STUDENT, "blocktype": CLI_BLOCKTYPE,
+                "config": {"dataset": "digits"}}, paths["train"])
     convert.main(["--load", paths["train"], "--save", paths["deploy"], "--onnx", paths["onnx"]])
     return folder, model, paths
 
@@ -196,7 +198,8 @@ def metrics_line(out: str) -> str:
 def test_convert_cli_writes_onnx_beside_the_deploy_file(exported, capsys):
     folder, model, paths = exported
     proto = load_onnx(paths["onnx"])
-    assert metadata(proto) == {"arch": CLI_STUDENT, "form": "deploy", "blocktype": CLI_BLOCKTYPE}
+    assert metadata(proto) == {"arch": CLI_STUDENT, "form": "deploy", "blocktype": CLI_BLOCKTYPE,
+                               "dataset": "digits"}
     deployed = model_dict[CLI_STUDENT](num_classes=10, blocktype=CLI_BLOCKTYPE, deploy=True).eval()
     deployed.load_state_dict(torch.load(paths["deploy"]), strict=True)
     check_graph(proto, deployed, CLI_PLAIN)
@@ -215,10 +218,14 @@ def test_validation_of_the_onnx_file_gives_the_checkpoints_accuracy(exported, ca
     assert re.search(r"model represnet8 \(ONNX deploy form, ONNX Runtime [\d.]+ CPUExecutionProvider\): "
                      rf"{parameter_count(load_onnx(paths['onnx']))} parameters", out), out
     assert out.strip().splitlines()[-1] == f"accuracy: {acc_onnx:.2f}"
+    # without --dataset: the data set the file records (its metadata), as for the checkpoint
+    no_dataset = [flag for flag in DIGITS if flag != "digits" and flag != "--dataset"]
+    assert validation.main(["--model_path", paths["onnx"], *no_dataset]) == acc_onnx
+    assert f"data set digits (recorded in {paths['onnx']})" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags,expected", [
-    (["--dataset", "cifar100"], "is a 10-class model but --dataset cifar100 has 100 classes"),
+    (["--dataset", "cifar100"], "--dataset cifar100 contradicts"),
     (["--dataset", "digits", "--model", "represnet20"], "--model represnet20 contradicts"),
     (["--dataset", "digits", "-t", "ACB"], "-t ACB contradicts"),
 ])

@@ -5,8 +5,10 @@ at the moment the metrics file is about to be written, after the final checkpoin
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -15,8 +17,11 @@ import torch
 
 import train_student
 import train_teacher
-from helper.errors import UserError
-from helper.run_folder import LOCK_FILE, acquire_lock, claimed
+import helper.logging_utils as logging_utils
+import helper.run_folder as run_folder
+from helper.errors import UserError, exit_on_user_error
+from helper.logging_utils import LOG_FILE, tee_to
+from helper.run_folder import acquire_lock, check_outputs, claimed, lock_path
 from tests.cli_helpers import FAST, TEACHER_LAST, TEACHER_RUN, exit_message, student_args, teacher_workdir
 
 METRICS = "test_last_metrics.json"
@@ -115,7 +120,7 @@ def test_resume_after_the_final_checkpoint_writes_the_metrics(workdir, monkeypat
     for folder in folders:
         assert os.path.isfile(os.path.join(folder, "represnet8_last.pth"))
         assert not os.path.exists(os.path.join(folder, METRICS))
-        assert not os.path.exists(os.path.join(folder, LOCK_FILE))  # released on the way out
+        assert not os.path.exists(lock_path(folder))  # released on the way out
     capsys.readouterr()
     train_student.main([*args, "--resume"])
     assert "nothing left to train" in capsys.readouterr().out
@@ -144,7 +149,7 @@ def test_a_live_lock_stops_a_second_run_and_a_stale_one_is_taken_over(tmp_path):
     os.makedirs(folder)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        with open(os.path.join(folder, LOCK_FILE), "w") as fh:
+        with open(lock_path(folder), "w") as fh:  # a lock of an older version: pid and host
             fh.write(f"{sleeper.pid} {os.uname().nodename}\n")
         with pytest.raises(UserError) as err:
             with claimed(folder, None, resume=None, overwrite=False):
@@ -154,10 +159,10 @@ def test_a_live_lock_stops_a_second_run_and_a_stale_one_is_taken_over(tmp_path):
         sleeper.kill()
         sleeper.wait()
     with claimed(folder, None, resume=None, overwrite=False):  # its process is gone: stale
-        assert open(os.path.join(folder, LOCK_FILE)).read().startswith(str(os.getpid()))
-    assert not os.path.exists(os.path.join(folder, LOCK_FILE))
+        assert open(lock_path(folder)).read().startswith(str(os.getpid()))
+    assert not os.path.exists(lock_path(folder))
     acquire_lock(folder)
-    os.remove(os.path.join(folder, LOCK_FILE))
+    os.remove(lock_path(folder))
 
 
 def test_stale_temporary_files_are_removed_when_a_run_starts(tmp_path):
@@ -180,8 +185,6 @@ def test_an_unwritable_or_impossible_save_folder_stops_at_once(tmp_path):
 
     def no_write(path, mode, **kw):
         return False if str(path) == str(readonly / "run") and mode & os.W_OK else real_access(path, mode, **kw)
-
-    import helper.run_folder as run_folder
 
     monkeypatched = pytest.MonkeyPatch()
     monkeypatched.setattr(run_folder.os, "access", no_write)
@@ -224,3 +227,140 @@ def test_output_files_that_cannot_be_written_stop_at_once(tmp_path):
         check_output_file(str(blocker / "deploy.pth"), "--save")
     check_output_file(str(tmp_path / "new" / "deploy.pth"), "--save")  # missing folders are made
     assert (tmp_path / "new").is_dir()
+
+
+# ---- one writer: the lock beside the folder ---------------------------------------------------
+
+def a_run_folder(tmp_path) -> str:
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    open(os.path.join(folder, "resnet8_last.pth"), "wb").close()  # what makes it hold a run
+    return folder
+
+
+def test_the_lock_stays_held_while_overwrite_moves_the_folder_aside(tmp_path, monkeypatch, capsys):
+    """The issue's race: a resume that starts while --overwrite moves the folder aside is refused
+    (before, the lock was dropped for the move and the resume could write into the .old- folder)."""
+    folder, tb = a_run_folder(tmp_path), str(tmp_path / "tb" / "run")
+    os.makedirs(tb)
+    real_move, seen = run_folder.move_aside, []
+
+    def move_with_a_second_claimant(path):
+        with pytest.raises(UserError) as err:
+            with claimed(folder, tb, resume="auto", overwrite=False):
+                pass
+        seen.append(str(err.value))
+        return real_move(path)
+
+    monkeypatch.setattr(run_folder, "move_aside", move_with_a_second_claimant)
+    with claimed(folder, tb, resume=None, overwrite=True):
+        assert os.path.isfile(lock_path(folder)) and os.listdir(folder) == []
+    assert len(seen) == 2 and all("is writing into" in text for text in seen)  # folder and TensorBoard moves
+    old = [n for n in os.listdir(tmp_path) if n.startswith("run.old-")]
+    assert len(old) == 1 and os.listdir(tmp_path / old[0]) == ["resnet8_last.pth"]  # no lock went with it
+    assert not os.path.exists(lock_path(folder))
+
+
+def test_stale_locks_are_taken_over_and_a_reused_pid_is_detected(tmp_path, capsys):
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    here = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for content, why in ((f"{dead.pid} {here} 123\n", f"its process (pid {dead.pid}) has ended"),
+                         (f"{os.getpid()} {here} 1\n", f"its pid {os.getpid()} now belongs to another program"),
+                         ("", "it is unreadable or empty")):
+        with open(lock_path(folder), "w") as fh:
+            fh.write(content)
+        with claimed(folder, None, resume=None, overwrite=False):
+            assert open(lock_path(folder)).read().split()[:2] == [str(os.getpid()), here]
+        assert f"note: taking over the stale lock {lock_path(folder)}: {why}" in capsys.readouterr().out
+    with open(lock_path(folder), "w") as fh:  # this very process, started when it says: held
+        fh.write(f"{os.getpid()} {here} {run_folder.process_start(os.getpid())}\n")
+    with pytest.raises(UserError, match="is writing into"):
+        acquire_lock(folder)
+    os.remove(lock_path(folder))
+
+
+def test_a_lock_that_cannot_be_judged_names_the_file_to_delete(tmp_path):
+    folder = str(tmp_path / "run")
+    os.makedirs(folder)
+    for content, where in (("4242 another-host 99\n", "if no run on another-host writes there any more"),
+                           (f"{os.getpid()} {socket.gethostname()}\n", "its pid was reused")):
+        with open(lock_path(folder), "w") as fh:
+            fh.write(content)
+        with pytest.raises(UserError) as err:
+            with claimed(folder, None, resume=None, overwrite=False):
+                pass
+        text = str(err.value)
+        assert where in text and text.endswith(f"delete the lock {lock_path(folder)}") and "\n" not in text
+    os.remove(lock_path(folder))
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_a_full_disk_at_the_lock_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch):
+    folder = str(tmp_path / "run")
+
+    def no_space(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_folder.os, "write", no_space)
+    with pytest.raises(UserError) as err:
+        with claimed(folder, None, resume=None, overwrite=False):
+            pass
+    monkeypatch.undo()
+    assert str(err.value) == (f"cannot write the lock {lock_path(folder)}: no space left on the device; free "
+                              "some space or fix the folder's permissions, then start the run again")
+    assert os.listdir(tmp_path) == ["run"] and os.listdir(folder) == []  # no empty lock, no temporary file
+
+
+def test_a_full_disk_at_train_log_is_one_line(tmp_path, monkeypatch, capsys):
+    path = str(tmp_path / "run" / LOG_FILE)
+    real_open = open
+    monkeypatch.setattr(logging_utils, "open", lambda *a, **k: FullDisk(real_open(*a, **k)), raising=False)
+    stdout = sys.stdout
+
+    @exit_on_user_error
+    def run():
+        with tee_to(path):
+            print("epoch 1")
+
+    with pytest.raises(SystemExit) as err:
+        run()
+    assert err.value.code == 2 and sys.stdout is stdout
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: cannot write the log {path}: No space left on device; free some space and "
+                     "continue the run with --resume"]
+
+
+def test_every_output_path_is_checked_before_the_run(tmp_path):
+    folder = str(tmp_path / "run")
+    tb_file = tmp_path / "tb"
+    tb_file.write_text("not a folder")
+    with pytest.raises(UserError, match=f"the TensorBoard folder {tb_file} is a file, not a folder"):
+        with claimed(folder, str(tb_file), resume=None, overwrite=False):
+            pass
+    os.makedirs(os.path.join(folder, LOG_FILE))
+    with pytest.raises(UserError, match=r"the log .*train.log is a directory, not a file"):
+        check_outputs(folder, None)
+    os.rmdir(os.path.join(folder, LOG_FILE))
+    os.mkfifo(os.path.join(folder, LOG_FILE))
+    with pytest.raises(UserError, match="is a FIFO"):
+        check_outputs(folder, None)
+    os.remove(os.path.join(folder, LOG_FILE))
+    os.makedirs(lock_path(folder))
+    with pytest.raises(UserError, match="is a directory, not a lock file"):
+        check_outputs(folder, None)
+    assert not os.path.exists(os.path.join(folder, LOG_FILE))

@@ -135,9 +135,9 @@ def test_a_diverging_trial_stops_alone(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     build = train_student.build_trial
 
-    def build_with_nan(config, *args, **kwargs):
-        trial = build(config, *args, **kwargs)
-        if config.run.trial == "8":
+    def build_with_nan(*args, **kwargs):
+        trial = build(*args, **kwargs)
+        if trial.config.run.trial == "8":
             student_loss = trial.step.student_loss
 
             def poisoned(batch, feat_t, logit_t, epoch):
@@ -198,7 +198,7 @@ def test_stacked_students_step_like_separate_ones_in_float64(fused, distill):
     torch.manual_seed(0)
     dtype, device = torch.float64, torch.device("cpu")
     opt = SimpleNamespace(kd_T=4.0, logit_stand=False, gamma=0.1, alpha=0.9, beta=1000.0,
-                          learning_rate=0.05, momentum=0.9, weight_decay=5e-4)
+                          learning_rate=0.05, momentum=0.9, weight_decay=5e-4, batch_size=64)
     teacher = freeze(model_dict["resnet8"](num_classes=10).to(dtype))
     students = [model_dict["represnet8"](num_classes=10, fused=fused).to(dtype) for _ in range(2)]
     copies = [model_dict["represnet8"](num_classes=10, fused=fused).to(dtype) for _ in range(2)]

@@ -15,9 +15,14 @@ from argparse import Namespace
 import pytest
 import torch
 
+import train_student
+from engine.config import config_dict
+from engine.trials import trial_configs
 from helper.errors import UserError
 from helper.naming import (parse_student_run_name, student_run_name, teacher_arch,
                            teacher_arch_from_path)
+from helper.provenance import config_differences, result_settings
+from tests.guards import deadline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOWN = ["resnet8", "resnet8x4", "resnet20", "resnet56", "resnet110", "wrn_16_2", "wrn_40_1",
@@ -392,6 +397,65 @@ def test_run_trials_checks_the_checkpoint_it_would_resume(tmp_path, run_trials):
     assert "epochs: 2 in the checkpoint, 3 in the command" in err
     status, out, _ = run_trials("-n", "1", "--", *fake_command(tmp_path, "--epochs", "2"))
     assert status == 0 and read_run(tmp_path, 1)["argv"][-1] == "--resume"
+
+
+def test_run_trials_seeds_trial_i_with_seed_plus_i_minus_1(tmp_path, run_trials):
+    status, out, _ = run_trials("-n", "3", "--dry_run", "--", *fake_command(tmp_path, "--seed", "0"))
+    assert status == 0
+    for trial in (1, 2, 3):
+        assert f"--trial {trial} --seed {trial - 1}  (saves to" in out
+    # unseeded: no seed is added (each trial's data order follows its trial number)
+    status, out, _ = run_trials("-n", "2", "--dry_run", "--", *fake_command(tmp_path))
+    assert status == 0 and "--seed" not in out
+    status, out, _ = run_trials("-n", "3", "--", *fake_command(tmp_path, "--seed=7"))
+    assert status == 0 and "3 ran" in out
+    for trial in (1, 2, 3):
+        argv = read_run(tmp_path, trial)["argv"]
+        assert argv[-4:] == ["--trial", str(trial), "--seed", str(6 + trial)]
+        assert argv.count("--seed") == 1 and "--seed=7" not in argv
+
+
+def test_run_trials_makes_the_trials_of_train_student_trials():
+    """Trial i of run_trials.py is trial i of ``train_student.py --trial 1 --trials n``: the same
+    trial, seed, folder and result-relevant configuration (engine.trials.trial_configs)."""
+    argv = ["--path_t", "t.pth", "--model_t", "resnet8", "--model_s", "resnet8", "--seed", "10"]
+    commands = load_script("run_trials").trial_commands(["python", "train_student.py", *argv], 3)
+    separate = [train_student.parse_option(cmd[2:]) for cmd in commands]
+    together = trial_configs(train_student.parse_option([*argv, "--trial", "1", "--trials", "3"]))
+    assert [(c.run.trial, c.run.seed) for c in separate] == [("1", 10), ("2", 11), ("3", 12)]
+    for one, other in zip(separate, together):
+        assert (one.run.trial, one.run.seed, one.save_folder) == \
+            (other.run.trial, other.run.seed, other.save_folder)
+        assert not config_differences(result_settings(config_dict(one)),
+                                      result_settings(config_dict(other)))
+
+
+def test_run_trials_refuses_two_trials_with_one_seed(tmp_path, run_trials):
+    # argparse takes --se for --seed; the runner cannot change that seed: refused, nothing runs
+    status, out, err = run_trials("-n", "3", "--", *fake_command(tmp_path, "--se", "5"))
+    assert status == 2 and out == ""
+    assert err == ("error: trials 1 and 2 would both train with seed 5, which makes them one run "
+                   "twice: give the seed as --seed S (trial i then gets S+i-1) or leave it out\n")
+    assert not (tmp_path / "save").exists()
+
+
+def test_run_trials_dry_run_spellings(tmp_path, run_trials):
+    for flag in ("--dry_run", "--dry-run"):
+        status, out, _ = run_trials("-n", "1", flag, "--", *fake_command(tmp_path))
+        assert status == 0 and "trial 1: would run" in out
+    status, out, _ = run_trials("--help")
+    assert status == 0 and "--dry_run, --dry-run" in out and "[--dry_run]" in out
+    assert not (tmp_path / "save").exists()
+
+
+def test_run_trials_stops_at_a_fifo_named_like_metrics(tmp_path, run_trials):
+    folder = run_dir(tmp_path, 1)
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "test_last_metrics.json")
+    with deadline(60):  # a FIFO opened for reading blocks: fail instead of hanging
+        status, _, err = run_trials("-n", "1", "--dry_run", "--", *fake_command(tmp_path))
+    assert status == 2 and err.count("\n") == 1
+    assert "not a regular file (a FIFO)" in err
 
 
 # ---- summarize ----------------------------------------------------------------------------

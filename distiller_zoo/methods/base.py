@@ -14,14 +14,20 @@ published code differs from RepDistiller's rule, its learning rate): these are t
 A method with its own hyper-parameters declares them once, as a frozen :class:`Params`
 dataclass named by its ``params_class``: each field is one flag ``--<field>`` (default, type,
 choices and help in the field, see :func:`param`), :func:`add_method_flags` adds each distinct
-class's flags once, and :func:`build_method` hands the method the instance read from the
-options (:meth:`Params.from_options`), together with the :class:`SharedParams` every method
-reads. No method reads the options object itself.
+class's flags once, with its :class:`helper.ranges.Range` where the value is bounded (what
+:func:`engine.options.check_flag_values` checks), and :func:`build_distiller` hands the method the
+instance read from the parsed flags (:meth:`Params.from_flags`), together with the
+:class:`SharedParams` every method reads. No method reads the options object itself.
+
+What the engine asks of a method is in its class: the features it reads, whether it stacks,
+which loaders it needs (``sample_flags``: the contrastive sample loader and its negatives, capped
+by the data set with :meth:`Distiller.with_negatives`), whether it takes ``--logit_stand``. No
+module outside ``distiller_zoo`` names a method (``tests/test_method_registry.py``).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import torch
@@ -29,19 +35,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helper.errors import UserError
+from helper.ranges import Range
 from helper.util import dataclass_from_flags
 
 from ..kd import DistillKL, standardize_logits
 
 Feats = list[torch.Tensor]
 P = TypeVar("P", bound="Params")
+#: The loss terms every method returns, weighted by ``-r``, ``-a`` and ``-b``: cross-entropy,
+#: the KL term and the method's own term.
+CLS_TERM, DIV_TERM, OWN_TERM = "cls", "div", "kd"
+#: What a field's metadata passes to ``argparse.add_argument``.
+ARGPARSE_KEYS = ("type", "help", "choices")
 
 
 def param(default: Any, type: Callable[[str], Any], help: str | None = None,
-          choices: list | None = None) -> Any:
+          choices: list | None = None, range: Range | None = None) -> Any:
     """A :class:`Params` field that is also the flag ``--<field name>``: its default is the
-    flag's default, ``type``, ``help`` and ``choices`` go to ``argparse`` unchanged."""
-    return field(default=default, metadata={"type": type, "help": help, "choices": choices})
+    flag's default, ``type``, ``help`` and ``choices`` go to ``argparse`` unchanged, and
+    ``range`` (numeric flags) is what :func:`engine.options.check_flag_values` admits."""
+    return field(default=default, metadata={"type": type, "help": help, "choices": choices, "range": range})
 
 
 @dataclass(frozen=True)
@@ -49,8 +62,8 @@ class Params:
     """Base of the frozen dataclasses of hyper-parameters: one field per option.
 
     A subclass with ``title`` set declares its fields as flags in the argument group ``title``
-    (:meth:`add_flags`); :meth:`from_options` reads exactly the fields from an options object,
-    a field the object lacks taking the dataclass default (the one source of defaults).
+    (:meth:`add_flags`, the flags' one declaration); :meth:`from_flags` reads exactly the fields
+    from the parsed flags, each of which must be there.
     """
 
     #: the title of the ``argparse`` group of the flags
@@ -63,13 +76,13 @@ class Params:
         for f in fields(cls):
             if f.default is MISSING or "type" not in f.metadata:
                 raise TypeError(f"{cls.__name__}.{f.name} is no flag: declare it with param()")
-            meta = {k: v for k, v in f.metadata.items() if v is not None}
+            meta = {k: f.metadata[k] for k in ARGPARSE_KEYS if f.metadata.get(k) is not None}
             group.add_argument(f"--{f.name}", default=f.default, **meta)
 
     @classmethod
-    def from_options(cls: type[P], opt: object) -> P:
-        """The instance holding ``opt``'s value of each field (the default where it has none)."""
-        return cls(**{f.name: getattr(opt, f.name) for f in fields(cls) if hasattr(opt, f.name)})
+    def ranges(cls) -> dict[str, Range]:
+        """The :class:`helper.ranges.Range` of each bounded field, by flag name."""
+        return {f.name: f.metadata["range"] for f in fields(cls) if f.metadata.get("range") is not None}
 
     @classmethod
     def from_flags(cls: type[P], flags: Mapping[str, Any]) -> P:
@@ -93,14 +106,25 @@ class SharedParams(Params):
 @dataclass(frozen=True)
 class Recipe:
     """The published recipe of a method: the weights of ``cls`` (``-r``), ``div`` (``-a``) and
-    ``kd`` (``-b``), and its learning rate (None: RepDistiller's rule, 0.05 and 0.01 for
-    MobileNetV2/ShuffleNets). ``source`` says where the numbers come from."""
+    ``kd`` (``-b``), its learning rate (None: RepDistiller's rule, 0.05 and 0.01 for
+    MobileNetV2/ShuffleNets) and the temperature of ``div`` (``--kd_T``). ``source`` says where
+    the numbers come from."""
 
     gamma: float
     alpha: float
     beta: float
     learning_rate: float | None = None
     source: str = "RepDistiller's scripts/run_cifar_distill.sh"
+    kd_T: float = 4.0
+
+
+@dataclass(frozen=True)
+class SampleFlags:
+    """The flags of a method's ``params_class`` that set the contrastive sample loader it reads
+    (``dataset.get_sample_dataloaders``): ``k`` negatives per sample, drawn in ``mode``."""
+
+    k: str
+    mode: str
 
 
 @dataclass
@@ -179,17 +203,55 @@ class Distiller(nn.Module):
     stackable: ClassVar[bool] = True
     #: the published row's weights and learning rate: the defaults of -r/-a/-b/--learning_rate
     recipe: ClassVar[Recipe]
+    #: the recipe with --logit_stand, where the logit-standardization authors publish one
+    #: (None: :attr:`recipe` with or without it)
+    logit_stand_recipe: ClassVar[Recipe | None] = None
     #: the frozen dataclass of the method's own hyper-parameters and flags (None: it has none);
     #: methods sharing hyper-parameters (CRD's ``feat_dim``) share the class
     params_class: ClassVar[type[Params] | None] = None
+    #: the fields of ``params_class`` that set the contrastive sample loader the method reads
+    #: (its batches carry sample and negative indices: ``needs_index``); None: the plain loaders
+    sample_flags: ClassVar[SampleFlags | None] = None
+    #: what the refusal of ``--logit_stand`` adds for a method without ``supports_logit_stand``
+    logit_stand_note: ClassVar[str] = ""
+    #: the README's methods table (``scripts/method_table.py``): the paper (authors, year) and
+    #: the loss classes of ``distiller_zoo`` the method uses
+    paper: ClassVar[str] = ""
+    loss_classes: ClassVar[str] = ""
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__()
+        self.check_logit_stand(bool(ctx.shared.logit_stand))
         self.logit_stand = bool(ctx.shared.logit_stand)
-        if self.logit_stand and not self.supports_logit_stand:
-            known = ", ".join(n for n, c in sorted(METHODS.items()) if c.supports_logit_stand)
-            raise UserError(f"--logit_stand applies to {known}, not to --distill {self.name}")
         self.criterion_div = DistillKL(ctx.shared.kd_T)
+
+    @classmethod
+    def check_logit_stand(cls, logit_stand: bool) -> None:
+        """A :class:`UserError` for ``--logit_stand`` given to a method that does not apply it."""
+        if logit_stand and not cls.supports_logit_stand:
+            known = ", ".join(method_names(lambda c: c.supports_logit_stand))
+            note = f"; {cls.logit_stand_note}" if cls.logit_stand_note else ""
+            raise UserError(f"--logit_stand applies to {known}, not to --distill {cls.name}{note}")
+
+    @classmethod
+    def sampling(cls, params: Params | None) -> tuple[int, str] | None:
+        """``(k, mode)`` of the sample loader the method reads with ``params`` (an instance of
+        its ``params_class``); None for a method that reads the plain loaders."""
+        if cls.sample_flags is None:
+            return None
+        return getattr(params, cls.sample_flags.k), getattr(params, cls.sample_flags.mode)
+
+    @classmethod
+    def with_negatives(cls, params: P, k: int) -> P:
+        """``params`` with ``k`` negatives per sample (what the data set can yield)."""
+        if cls.sample_flags is None:
+            raise TypeError(f"--distill {cls.name} reads no sample loader")
+        return replace(params, **{cls.sample_flags.k: k})
+
+    @classmethod
+    def recipe_for(cls, logit_stand: bool) -> Recipe:
+        """The recipe of a run with or without ``--logit_stand``."""
+        return cls.logit_stand_recipe if logit_stand and cls.logit_stand_recipe else cls.recipe
 
     # ----- what the loop calls -----
     def forward(self, feat_s: Feats | None, logit_s: torch.Tensor, feat_t: Feats | None,
@@ -198,7 +260,7 @@ class Distiller(nn.Module):
                 contrast_idx: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = StepInputs(feat_s, logit_s, feat_t, logit_t, target, epoch, index, contrast_idx)
         terms = self.logit_terms(logit_s, logit_t, target)
-        terms["kd"] = self.kd_loss(x)
+        terms[OWN_TERM] = self.kd_loss(x)
         return terms
 
     def trainable_modules(self) -> list[nn.Module]:
@@ -236,7 +298,7 @@ class Distiller(nn.Module):
         div_s, div_t = logit_s, logit_t
         if self.logit_stand:
             div_s, div_t = standardize_logits(logit_s), standardize_logits(logit_t)
-        return {"cls": F.cross_entropy(logit_s, target), "div": self.criterion_div(div_s, div_t)}
+        return {CLS_TERM: F.cross_entropy(logit_s, target), DIV_TERM: self.criterion_div(div_s, div_t)}
 
     def kd_loss(self, x: StepInputs) -> torch.Tensor:
         """The method's own loss (weighted by ``-b``)."""
@@ -252,6 +314,9 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
     def decorator(cls: type[Distiller]) -> type[Distiller]:
         if name in METHODS:
             raise ValueError(f"distillation method {name!r} registered twice")
+        if cls.needs_index != (cls.sample_flags is not None):
+            raise TypeError(f"{cls.__name__}: a method reading sample indices (needs_index) names the "
+                            "flags of its sample loader (sample_flags), and only such a method does")
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -259,9 +324,9 @@ def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
     return decorator
 
 
-def method_names() -> list[str]:
-    """The registered ``--distill`` names, sorted."""
-    return sorted(METHODS)
+def method_names(where: Callable[[type[Distiller]], bool] | None = None) -> list[str]:
+    """The registered ``--distill`` names, sorted (those whose class ``where`` accepts, if given)."""
+    return sorted(name for name, cls in METHODS.items() if where is None or where(cls))
 
 
 def get_method(name: str) -> type[Distiller]:
@@ -274,12 +339,13 @@ def get_method(name: str) -> type[Distiller]:
 
 def build_method(name: str, opt, student: nn.Module, teacher: nn.Module, feat_s: Feats,
                  feat_t: Feats, n_data: int) -> Distiller:
-    """Build the method ``name`` for this student/teacher pair (see :class:`BuildContext`);
-    ``opt`` (an options object) is read once here, into :class:`SharedParams` and the method's
-    ``params_class``."""
+    """:func:`build_distiller` with the parameters read from ``opt`` (a namespace of flags):
+    :class:`SharedParams` and the method's ``params_class``, each field from its flag
+    (:meth:`Params.from_flags`: a flag ``opt`` lacks is a ``TypeError``, no default fills it)."""
+    flags = vars(opt)
     params_class = get_method(name).params_class
-    params = params_class.from_options(opt) if params_class is not None else None
-    return build_distiller(name, SharedParams.from_options(opt), params, student, teacher, feat_s, feat_t, n_data)
+    params = params_class.from_flags(flags) if params_class is not None else None
+    return build_distiller(name, SharedParams.from_flags(flags), params, student, teacher, feat_s, feat_t, n_data)
 
 
 def build_distiller(name: str, shared: SharedParams, params: Params | None, student: nn.Module,
@@ -302,6 +368,34 @@ def method_params_classes() -> list[type[Params]]:
         if params_class is not None and params_class not in classes:
             classes.append(params_class)
     return classes
+
+
+#: The flags of the init stage (``train_student.py --init_epochs``): read only by the methods
+#: with ``has_init_stage``.
+INIT_STAGE_FLAGS = frozenset({"init_epochs"})
+
+
+def method_flags(name: str) -> frozenset[str]:
+    """The method-specific flags ``--distill name`` reads: the fields of its ``params_class``
+    and, when it has an init stage, :data:`INIT_STAGE_FLAGS`. (:class:`SharedParams` and the
+    training flags are read by every method.)"""
+    cls = get_method(name)
+    own = {f.name for f in fields(cls.params_class)} if cls.params_class is not None else set()
+    return frozenset(own | (INIT_STAGE_FLAGS if cls.has_init_stage else set()))
+
+
+def unread_flags(name: str) -> frozenset[str]:
+    """The method-specific flags of the other methods that ``--distill name`` never reads (every
+    registered ``params_class`` field and the init stage's, less :func:`method_flags`): a
+    value given to one of them cannot change its results (``--init_epochs 1`` given to kd)."""
+    every = {f.name for cls in method_params_classes() for f in fields(cls)} | INIT_STAGE_FLAGS
+    return frozenset(every - method_flags(name))
+
+
+def method_flag_ranges() -> dict[str, Range]:
+    """The :class:`helper.ranges.Range` of every bounded flag of the registered methods' own
+    hyper-parameters (what :func:`engine.options.check_flag_values` checks besides its own)."""
+    return {name: rule for cls in method_params_classes() for name, rule in cls.ranges().items()}
 
 
 def add_method_flags(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from helper.errors import UserError
+from helper.ranges import TEMPERATURE, Range
 
 from ..cc import Correlation
 from ..crd import CRDConfig, CRDLoss
@@ -14,8 +15,13 @@ from ..modules import LinearEmbed
 from ..pkt import PKT
 from ..rkd import RKDLoss
 from ..srrl import SRRL, SRRLLoss
-from .base import (BuildContext, Distiller, Params, Recipe, StepInputs, param, register_method,
-                   teacher_classifier)
+from .base import (BuildContext, Distiller, Params, Recipe, SampleFlags, StepInputs, param,
+                   register_method, teacher_classifier)
+
+#: ``--feat_dim`` at most 2**16: CRD keeps two memory banks of training images x feat_dim floats
+#: (26 GB for CIFAR-100 at 65536) and gathers batch x (nce_k + 1) x feat_dim floats per step; the
+#: embedded features themselves have at most 2048 channels (ResNet50) and CRD uses 128.
+MAX_FEAT_DIM = 2 ** 16
 
 
 @dataclass(frozen=True)
@@ -26,11 +32,16 @@ class CRDParams(Params):
 
     title = "CRD"
 
-    feat_dim: int = param(128, int, "embedding dimension")
+    feat_dim: int = param(128, int, "embedding dimension", range=Range(
+        1, MAX_FEAT_DIM, allowed=f"must lie within 1..{MAX_FEAT_DIM} (the embedding dimension: CRD's two "
+                                 f"memory banks hold training images x feat_dim floats, 26 GB for CIFAR-100 "
+                                 f"at {MAX_FEAT_DIM}; CRD uses 128)"))
     mode: str = param("exact", str, choices=["exact", "relax"])
-    nce_k: int = param(16384, int, "negative samples for NCE")
-    nce_t: float = param(0.07, float, "softmax temperature")
-    nce_m: float = param(0.5, float, "momentum of the memory bank")
+    nce_k: int = param(16384, int, "negative samples for NCE",
+                       range=Range(1, allowed="must be at least 1 (negative samples per positive)"))
+    nce_t: float = param(0.07, float, "softmax temperature", range=TEMPERATURE)
+    nce_m: float = param(0.5, float, "momentum of the memory bank",
+                         range=Range(0, 1, high_open=True, allowed="must lie in [0, 1) (momentum of the memory bank)"))
 
 
 @register_method("crd")
@@ -38,14 +49,19 @@ class CRD(Distiller):
     """Contrastive representation distillation (Tian et al., ICLR 2020).
 
     Needs the sample indices and the negatives' indices from the sample loader
-    (``needs_index``); the memory bank (``n_data x feat_dim`` per side) is a buffer, the two
-    embeddings are trained with the student.
+    (``needs_index``), which draws ``--nce_k`` negatives in ``--mode`` (``sample_flags``); the
+    memory bank (``n_data x feat_dim`` per side) is a buffer, the two embeddings are trained
+    with the student.
     """
+
+    paper = "CRD (Tian et al., 2020)"
+    loss_classes = "`CRDLoss(opt)` (embeddings, memory bank)"
 
     recipe = Recipe(1.0, 0.0, 0.8)
     params_class = CRDParams
 
     needs_index = True
+    sample_flags = SampleFlags(k="nce_k", mode="mode")
 
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__(ctx)
@@ -70,6 +86,9 @@ class CC(Distiller):
     """Correlation congruence (Peng et al., ICCV 2019) between linear embeddings (``feat_dim``)
     of both pooled features; both embeddings are trained with the student."""
 
+    paper = "CC (Peng et al., 2019)"
+    loss_classes = "`Correlation()` + `LinearEmbed`"
+
     recipe = Recipe(1.0, 0.0, 0.02)
     params_class = CRDParams  # its embeddings are --feat_dim wide
 
@@ -91,6 +110,9 @@ class CC(Distiller):
 class RKD(Distiller):
     """Relational KD (Park et al., CVPR 2019) on the pooled features."""
 
+    paper = "RKD (Park et al., 2019)"
+    loss_classes = "`RKDLoss(w_d=25, w_a=50)`"
+
     recipe = Recipe(1.0, 0.0, 1.0)
 
     stackable = False  # its distance loss masks with a boolean index: no vmap rule
@@ -106,6 +128,9 @@ class RKD(Distiller):
 @register_method("pkt")
 class PKTMethod(Distiller):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) on the pooled features."""
+
+    paper = "PKT (Passalis & Tefas, 2018)"
+    loss_classes = "`PKT()`"
 
     recipe = Recipe(1.0, 0.0, 30000.0)
 
@@ -126,6 +151,9 @@ class SRRLMethod(Distiller):
     The teacher classifier is held by reference, not as a submodule: it stays the teacher's
     (frozen, moved and saved with the teacher); gradients flow through it to the translator.
     """
+
+    paper = "SRRL (Yang et al., 2021)"
+    loss_classes = "`SRRL` + `SRRLLoss`"
 
     recipe = Recipe(1.0, 1.0, 1.0, source="SemCKD's scripts (Chen et al., AAAI 2021), as KDrefine runs SRRL")
 

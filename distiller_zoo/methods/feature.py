@@ -38,6 +38,9 @@ class Hint(Distiller):
     """FitNet (Romero et al., ICLR 2015): ``ConvReg`` of the student's ``hint_layer`` feature,
     MSE to the teacher's (single stage, as in the CRD benchmark)."""
 
+    paper = "FitNet (Romero et al., 2015)"
+    loss_classes = "`HintLoss()` + `ConvReg`"
+
     recipe = Recipe(1.0, 0.0, 100.0)
     params_class = HintParams
 
@@ -77,6 +80,9 @@ class _InnerPairs(Distiller):
 class AT(_InnerPairs):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) on ``feats[1:-1]``."""
 
+    paper = "AT (Zagoruyko & Komodakis, 2017)"
+    loss_classes = "`Attention(p=2)`"
+
     recipe = Recipe(1.0, 0.0, 1000.0)
 
     def __init__(self, ctx: BuildContext) -> None:
@@ -87,6 +93,9 @@ class AT(_InnerPairs):
 @register_method("nst")
 class NST(_InnerPairs):
     """Neuron selectivity transfer (Huang & Wang, 2017) on ``feats[1:-1]``."""
+
+    paper = "NST (Huang & Wang, 2017)"
+    loss_classes = "`NSTLoss()`"
 
     recipe = Recipe(1.0, 0.0, 50.0)
 
@@ -102,6 +111,9 @@ class KDSVDMethod(_InnerPairs):
     Aligning singular vectors needs equal channel counts in each student/teacher pair (the CRD
     code fails with a shape error otherwise; here a ``UserError`` names the mismatch).
     """
+
+    paper = "KDSVD (Lee et al., 2018)"
+    loss_classes = "`KDSVD(k=1)`"
 
     recipe = Recipe(1.0, 0.0, 1.0, source="no line in RepDistiller's script; weight 1")
 
@@ -119,6 +131,9 @@ class KDSVDMethod(_InnerPairs):
 class SP(Distiller):
     """Similarity-preserving KD (Tung & Mori, ICCV 2019) on the last feature map ``feats[-2]``."""
 
+    paper = "SP (Tung & Mori, 2019)"
+    loss_classes = "`Similarity()`"
+
     recipe = Recipe(1.0, 0.0, 3000.0)
 
     def __init__(self, ctx: BuildContext) -> None:
@@ -133,6 +148,9 @@ class SP(Distiller):
 class VID(Distiller):
     """Variational information distillation (Ahn et al., CVPR 2019): one ``VIDLoss(c_s, c_t,
     c_t)`` per pair of ``feats[1:-1]``, their regressors and variances trained with the student."""
+
+    paper = "VID (Ahn et al., 2019)"
+    loss_classes = "`VIDLoss(...)`"
 
     recipe = Recipe(1.0, 0.0, 1.0)
 
@@ -159,6 +177,9 @@ class SemCKD(Distiller):
     As in KDrefine, ``SelfA`` is sized for ``--batch_size`` (:class:`SharedParams`) with ``soft = 1``;
     the loop must drop an incomplete last batch (``needs_full_batches``).
     """
+
+    paper = "SemCKD (Chen et al., 2021)"
+    loss_classes = "`SemCKDLoss` + `SelfA`"
 
     recipe = Recipe(1.0, 1.0, 400.0, source="SemCKD's scripts (Chen et al., AAAI 2021)")
 

@@ -25,6 +25,9 @@ class AB(Distiller):
     Main stage: the connector is idle (eval mode, not trained) and ``kd`` is 0.
     """
 
+    paper = "AB (Heo et al., 2019), two-stage"
+    loss_classes = "`ABLoss(feat_num)` + `Connector`"
+
     recipe = Recipe(1.0, 0.0, 1.0)
 
     needs_preact = True
@@ -55,6 +58,9 @@ class FT(Distiller):
     translator's factor of the student map is matched to the (frozen, eval-mode) paraphraser's
     factor of the teacher map with ``FactorTransfer``.
     """
+
+    paper = "FT (Kim et al., 2018), two-stage"
+    loss_classes = "`FactorTransfer()` + `Paraphraser`/`Translator`"
 
     recipe = Recipe(1.0, 0.0, 200.0)
 
@@ -101,6 +107,9 @@ class FSPMethod(Distiller):
     Init stage: the student's feature modules minimise ``sum(FSP)``. Main stage: ``kd`` is 0.
     Needs equal channel counts in every paired feature (raises ``UserError`` otherwise).
     """
+
+    paper = "FSP (Yim et al., 2017), two-stage"
+    loss_classes = "`FSP(s_shapes, t_shapes)`"
 
     recipe = Recipe(1.0, 0.0, 50.0)
 

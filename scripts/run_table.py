@@ -1,0 +1,620 @@
+"""Run a whole results table, described by one experiment file, on this machine or on SLURM.
+
+    python scripts/run_table.py experiments/kdrefine_table.yaml --executor local --dry_run
+    python scripts/run_table.py experiments/kdrefine_table.yaml --executor local --max_parallel 2
+    python scripts/run_table.py experiments/kdrefine_table.yaml --executor slurm \\
+        --partition gpu --gpus_per_job 1 --time 1440 --account myproj --array_parallelism 32
+    python scripts/run_table.py experiments/kdrefine_table.yaml --status
+    python scripts/run_table.py experiments/kdrefine_table.yaml --summarize
+
+An experiment file (YAML, README "Whole tables") names the rows (teacher -> student pairs), the
+columns (methods and their flags), the trials, the data set and per-cell flags or ``skip``.
+Every cell and trial expands to one ``train_student.py`` command (``--dry_run`` prints them);
+its resolved configuration is what that command's ``--print_config`` prints, computed here in
+this process (:func:`train_student.parse_option`), so the run folder of every command is known
+before anything runs.
+
+Jobs go through submitit: ``--executor local`` runs them as local jobs, one per GPU
+(``CUDA_VISIBLE_DEVICES``) or ``--max_parallel`` at a time on the CPU; ``--executor slurm``
+submits one job array. A job that is preempted or reaches its time limit is requeued by
+submitit (``checkpoint()``) and continues with ``--resume`` from the run's ``_last.pth``.
+
+Re-running the same command submits only what is unfinished (what :mod:`scripts.run_trials`
+decides for a trial: a ``test_last_metrics.json`` whose recorded configuration matches is
+done, an interrupted run is resumed, a folder holding another configuration is reported and
+left alone) and never a cell whose job is still queued or running. Jobs are recorded in
+``save/tables/<name>/jobs.json``, each cell's output in ``save/tables/<name>/logs/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import cloudpickle
+import submitit
+import torch
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import train_student  # noqa: E402
+from dataset import DEFAULT_DATASET  # noqa: E402
+from distiller_zoo import method_names  # noqa: E402
+from helper.checkpoint import load_checkpoint  # noqa: E402
+from helper.errors import UserError, exit_on_user_error  # noqa: E402
+from scripts.run_trials import SKIP, TeacherHashes, Trial, decide  # noqa: E402
+
+PROGRAM = ("python", "train_student.py")
+TABLE_KEYS = {"name", "dataset", "trials", "teachers", "flags", "rows", "columns", "cells"}
+COLUMN_KEYS = {"distill", "flags", "student"}
+ROW_KEYS = {"teacher", "student", "rep"}
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
+          "SUSPENDED", "UNKNOWN", "READY"}
+RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
+FOREVER_MIN = 60 * 24 * 365  # local jobs have no time limit
+
+
+# ----------------------------------------------------------------------------- the file
+
+@dataclass(frozen=True)
+class Table:
+    """An experiment file, checked: rows ``"T -> S"`` with their teacher, plain and rep student;
+    columns with their ``--distill``, flags and which student; per-cell flags or ``skip``."""
+
+    path: str
+    name: str
+    dataset: str
+    trials: int
+    teachers: str
+    flags: tuple[str, ...]
+    rows: dict[str, dict]
+    columns: dict[str, dict]
+    cells: dict[tuple[str, str], str]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the table: its row, column, trial and ``train_student.py`` flags."""
+
+    row: str
+    column: str
+    trial: int
+    args: tuple[str, ...]
+
+    def command(self, program: tuple[str, ...] = PROGRAM) -> list[str]:
+        return [*program, *self.args]
+
+    @property
+    def label(self) -> str:
+        return f"{self.row} / {self.column} / trial {self.trial}"
+
+
+def _split(value: object, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, (str, int, float)):
+        raise UserError(f"{where} must be a string of flags, got {value!r}")
+    try:
+        return tuple(shlex.split(str(value)))
+    except ValueError as err:
+        raise UserError(f"{where}: {err}") from None
+
+
+def _mapping(value: object, where: str, keys: set[str] | None = None) -> dict:
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping, got {type(value).__name__}")
+    unknown = sorted(set(map(str, value)) - keys) if keys else []
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(unknown)} (known: "
+                        f"{', '.join(sorted(keys))})")
+    return value
+
+
+def _rows(raw: object, path: str) -> dict[str, dict]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{path}: 'rows' must be a non-empty list of {{teacher: T, student: S}}")
+    rows = {}
+    for k, row in enumerate(raw, 1):
+        row = _mapping(row, f"{path}: row {k}", ROW_KEYS)
+        if not all(isinstance(row.get(key), str) for key in ("teacher", "student")):
+            raise UserError(f"{path}: row {k} needs 'teacher' and 'student' names")
+        rows[f"{row['teacher']} -> {row['student']}"] = row
+    return rows
+
+
+def _columns(raw: object, path: str) -> dict[str, dict]:
+    columns = _mapping(raw, f"{path}: 'columns'")
+    if not columns:
+        raise UserError(f"{path}: 'columns' is empty")
+    for name, column in columns.items():
+        column = _mapping(column, f"{path}: column {name}", COLUMN_KEYS)
+        if column.get("distill") not in method_names():
+            raise UserError(f"{path}: column {name}: 'distill' must be one of "
+                            f"{', '.join(method_names())}, got {column.get('distill')!r}")
+        if column.get("student", "plain") not in ("plain", "rep"):
+            raise UserError(f"{path}: column {name}: 'student' is plain or rep")
+        _split(column.get("flags"), f"{path}: column {name} flags")
+    return {str(name): column for name, column in columns.items()}
+
+
+def _cells(raw: object, path: str, rows: dict, columns: dict) -> dict[tuple[str, str], str]:
+    cells = {}
+    for row, by_column in _mapping(raw or {}, f"{path}: 'cells'").items():
+        if row not in rows:
+            raise UserError(f"{path}: cells: no row {row!r} (rows: {', '.join(rows)})")
+        for column, value in _mapping(by_column, f"{path}: cells: {row}").items():
+            if column not in columns:
+                raise UserError(f"{path}: cells: {row}: no column {column!r} (columns: "
+                                f"{', '.join(columns)})")
+            _split(value, f"{path}: cells: {row}: {column}")
+            cells[(row, str(column))] = str(value)
+    return cells
+
+
+def read_yaml(path: str) -> dict:
+    """The experiment file as a mapping (PyYAML's safe_load), or one line saying what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as err:
+        raise UserError(f"cannot read the experiment file {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"{path} is not valid YAML{where}: "
+                        f"{getattr(err, 'problem', None) or err}") from None
+    return _mapping(raw, path, TABLE_KEYS)
+
+
+def load_table(path: str, teachers: str | None = None) -> Table:
+    """The checked table of ``path``; ``teachers`` replaces the file's teacher pattern."""
+    raw = read_yaml(path)
+    trials = raw.get("trials", 1)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise UserError(f"{path}: 'trials' must be a positive integer, got {trials!r}")
+    pattern = teachers or raw.get("teachers", "save/models/{t}_vanilla/ckpt_epoch_240.pth")
+    if not isinstance(pattern, str) or "{t}" not in pattern:
+        raise UserError(f"{path}: the teacher pattern {pattern!r} must contain {{t}}, the "
+                        "teacher's name")
+    rows, columns = _rows(raw.get("rows"), path), _columns(raw.get("columns"), path)
+    name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
+    return Table(path, str(name), str(raw.get("dataset", DEFAULT_DATASET)), trials, pattern,
+                 _split(raw.get("flags"), f"{path}: flags"), rows, columns,
+                 _cells(raw.get("cells"), path, rows, columns))
+
+
+def expand(table: Table) -> list[Cell]:
+    """Every run of the table, row by row, column by column, trial by trial."""
+    out = []
+    for row_name, row in table.rows.items():
+        for col_name, column in table.columns.items():
+            extra = table.cells.get((row_name, col_name), "")
+            if extra.strip() == "skip":
+                continue
+            student = row.get("rep") if column.get("student") == "rep" else row["student"]
+            if not student:
+                raise UserError(f"{table.path}: column {col_name} trains the rep student, but "
+                                f"row {row_name} names no 'rep'")
+            base = ("--path_t", table.teachers.replace("{t}", row["teacher"]),
+                    "--model_s", student, "--distill", column["distill"],
+                    "--dataset", table.dataset, *_split(column.get("flags"), col_name),
+                    *_split(extra, row_name), *table.flags)
+            out += [Cell(row_name, col_name, t, base + ("--trial", str(t)))
+                    for t in range(1, table.trials + 1)]
+    return out
+
+
+# ----------------------------------------------------------------------------- plans
+
+@dataclass
+class Plan:
+    """A cell with its resolved configuration and run folder (a run_trials ``Trial``), what
+    to do with it, and its state for ``--status``."""
+
+    cell: Cell
+    trial: Trial
+    conflict: str | None = None
+    state: str = "missing"
+    detail: str = ""
+    record: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return os.path.basename(os.path.normpath(self.trial.run_folder))
+
+
+def resolved(cell: Cell, teachers: dict[str, object]) -> dict:
+    """What ``train_student.py <cell> --print_config`` prints, computed in this process (the
+    teacher file, when there, read once for its recorded architecture)."""
+    try:
+        config = train_student.parse_option(list(cell.args))
+        path = config.model.path_t
+        if path not in teachers:
+            teachers[path] = load_checkpoint(path) if os.path.isfile(path) else None
+        return train_student.student_config(train_student.with_teacher(config, teachers[path]))
+    except UserError as err:
+        raise UserError(f"cell {cell.label}: {err}") from None
+    except SystemExit:
+        raise UserError(f"cell {cell.label}: train_student.py refuses its flags "
+                        f"{shlex.join(cell.args)} (message above)") from None
+
+
+def plan(cells: list[Cell]) -> list[Plan]:
+    """Each cell's configuration, folder and action (:func:`scripts.run_trials.decide`)."""
+    teachers: dict[str, object] = {}
+    hashes = TeacherHashes()
+    plans, seen = [], {}
+    for cell in cells:
+        config = resolved(cell, teachers)
+        folder = config["save_folder"]
+        if folder in seen:
+            raise UserError(f"cells {seen[folder]} and {cell.label} would both save to {folder}; "
+                            "make their flags differ")
+        seen[folder] = cell.label
+        trial = Trial(cell.trial, cell.command(), config, folder)
+        plans.append(Plan(cell, trial, decide(trial, hashes)))
+    return plans
+
+
+# ----------------------------------------------------------------------------- jobs
+
+def last_log_line(path: str) -> str:
+    """The last non-empty line of a log file ('' when there is none)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 4096))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """One cell's ``train_student.py`` process as a submitit job, its output appended to
+    ``log_path``. ``action``: run, resume or overwrite (:mod:`scripts.run_trials`). When the job
+    is preempted or times out, submitit calls :meth:`checkpoint`, which requeues the same cell
+    with ``--resume`` (``--overwrite`` when it stopped before its first ``_last.pth``). Nothing
+    of the project is imported at run time (the job is pickled by value)."""
+
+    def __init__(self, command: list[str], action: str, last_path: str, log_path: str,
+                 cwd: str, nodes: int = 1, gpus: int = 1):
+        self.command, self.action, self.last_path = list(command), action, last_path
+        self.log_path, self.cwd, self.nodes, self.gpus = log_path, cwd, nodes, gpus
+
+    def final_command(self) -> list[str]:
+        """The command as it runs: ``python`` of this interpreter, the action's flag, and under
+        torchrun when the job has several GPUs or nodes."""
+        command = list(self.command)
+        if command[0] == "python":
+            command[0] = sys.executable
+        if self.action == "resume":
+            command.append("--resume" if os.path.isfile(os.path.join(self.cwd, self.last_path))
+                           else "--overwrite")
+        elif self.action == "overwrite":
+            command.append("--overwrite")
+        if self.nodes * self.gpus > 1 and len(command) > 1 and command[1].endswith(".py"):
+            env = submitit.JobEnvironment()
+            command[1:1] = ["-m", "torch.distributed.run", "--nnodes", str(self.nodes),
+                            "--nproc_per_node", str(self.gpus), "--node_rank", str(env.node),
+                            "--master_addr", env.hostnames[0], "--master_port",
+                            str(20000 + int("".join(filter(str.isdigit, env.job_id)) or 0) % 20000)]
+        return command
+
+    def __call__(self) -> str:
+        command = self.final_command()
+        os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"[run_table] {shlex.join(command)}\n")
+            log.flush()
+            code = subprocess.run(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                  check=False).returncode
+        if code != 0:
+            raise RuntimeError(f"exit {code}: {last_log_line(self.log_path)}")
+        return self.log_path
+
+    def resumed(self) -> CellJob:
+        return CellJob(self.command, "resume", self.last_path, self.log_path, self.cwd,
+                       self.nodes, self.gpus)
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(self.resumed())
+
+
+if __name__ != "__main__":  # imported (tests): ship CellJob by value, so a job imports no torch
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class JobBook:
+    """``jobs.json`` of a table's state folder: the job of each cell (by run folder name)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.path = os.path.join(folder, "jobs.json")
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                self.jobs: dict[str, dict] = json.load(fh)
+        except FileNotFoundError:
+            self.jobs = {}
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {self.path} ({err}); move it away (the cells' "
+                            "job states are then unknown)") from None
+
+    def log_path(self, plan: Plan) -> str:
+        return os.path.join(self.folder, "logs", plan.key + ".log")
+
+    def record(self, plans: list[Plan], **entry) -> None:
+        for plan in plans:
+            self.jobs[plan.key] = dict(entry, log=self.log_path(plan))
+        os.makedirs(self.folder, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.jobs, fh, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def job_state(entry: dict, book: JobBook) -> str:
+    """queued, running, completed (exit 0) or ended (failed, cancelled, lost), for a recorded
+    job."""
+    if entry.get("executor") == "slurm":
+        job = submitit.SlurmJob(os.path.join(book.folder, "submitit"), str(entry.get("job_id")))
+        state = job.state.split()[0].upper() if job.state else "UNKNOWN"
+        return "queued" if state in QUEUED else "running" if state in RUNNING else \
+            "completed" if state == "COMPLETED" else "ended"
+    if entry.get("job_id") is None:
+        return "queued" if _alive(entry.get("owner")) else "ended"
+    if _alive(entry.get("pid")) and "outcome" not in entry:
+        return "running"
+    return "completed" if entry.get("outcome") == "done" else "ended"
+
+
+def assess(plans: list[Plan], book: JobBook) -> None:
+    """Set each plan's state: done, conflict, queued, running, failed or missing."""
+    for plan in plans:
+        entry = book.jobs.get(plan.key)
+        if plan.conflict:
+            plan.state, plan.detail = "conflict", plan.conflict
+        elif plan.trial.action == SKIP:
+            plan.state = "done"
+        elif entry is None:
+            plan.state, plan.detail = "missing", plan.trial.reason
+        else:
+            state = job_state(entry, book)
+            plan.record = entry
+            if state == "completed":  # the job ended well, but its metrics are gone
+                plan.state, plan.detail = "missing", plan.trial.reason
+            elif state == "ended":
+                line = last_log_line(entry.get("log", ""))
+                plan.state, plan.detail = "failed", line or "(no output)"
+            else:
+                plan.state, plan.detail = state, f"job {entry.get('job_id') or '-'}"
+
+
+# ----------------------------------------------------------------------------- executors
+
+def cell_job(plan: Plan, book: JobBook, program: tuple[str, ...], nodes: int = 1,
+             gpus: int = 1) -> CellJob:
+    return CellJob(plan.cell.command(program), plan.trial.action, plan.trial.last_path,
+                   book.log_path(plan), os.getcwd(), nodes, gpus)
+
+
+def local_slots(gpus: str | None, max_parallel: int) -> list[int | None]:
+    """One slot per GPU (``--gpus``, else every visible CUDA device), else ``max_parallel``
+    CPU slots."""
+    if gpus is None:
+        ids = list(range(torch.cuda.device_count()))
+    else:
+        try:
+            ids = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise UserError(f"--gpus takes comma-separated GPU ids such as 0,1; got {gpus!r}") \
+                from None
+    return list(ids) if ids else [None] * max_parallel
+
+
+def run_local(plans: list[Plan], book: JobBook, slots: list[int | None],
+              program: tuple[str, ...], poll_s: float = 0.2) -> list[Plan]:
+    """Run the cells as submitit local jobs, one per slot at a time; return the failed ones."""
+    executor = submitit.LocalExecutor(folder=os.path.join(book.folder, "submitit"))
+    executor.update_parameters(timeout_min=FOREVER_MIN)
+    book.record(plans, executor="local", job_id=None, owner=os.getpid())
+    pending, free, running, failed = list(plans), list(slots), {}, []
+    try:
+        while pending or running:
+            while pending and free:
+                plan, slot = pending.pop(0), free.pop(0)
+                gpus = {"gpus_per_node": 0} if slot is None else \
+                    {"gpus_per_node": 1, "visible_gpus": [slot]}
+                executor.update_parameters(**gpus)
+                job = executor.submit(cell_job(plan, book, program))
+                book.record([plan], executor="local", job_id=job.job_id, pid=int(job.job_id))
+                print(f"[run_table] started {plan.cell.label}"
+                      f"{'' if slot is None else f' on GPU {slot}'}: {book.log_path(plan)}",
+                      flush=True)
+                running[job] = (plan, slot)
+            ended = [job for job in running if job.done()]
+            for job in ended:
+                plan, slot = running.pop(job)
+                free.append(slot)
+                error = job.exception()
+                book.record([plan], **dict(book.jobs[plan.key], outcome="failed" if error else "done"))
+                print(f"[run_table] {'FAILED' if error else 'done'} {plan.cell.label}"
+                      f"{': ' + last_log_line(book.log_path(plan)) if error else ''}", flush=True)
+                failed += [plan] if error else []
+            if not ended:
+                time.sleep(poll_s)
+    finally:
+        for job in running:  # only on an interrupt or error: stop what is still training
+            job.cancel(check=False)
+    return failed
+
+
+def submit_slurm(plans: list[Plan], book: JobBook, args: argparse.Namespace,
+                 program: tuple[str, ...], name: str) -> list[str]:
+    """Submit the cells as one SLURM job array (submitit); returns the job ids."""
+    try:
+        executor = submitit.SlurmExecutor(folder=os.path.join(book.folder, "submitit"),
+                                          max_num_timeout=args.max_requeues)
+    except RuntimeError as err:  # no srun: not on a SLURM cluster
+        raise UserError(f"--executor slurm: {err}") from None
+    params = {"job_name": f"table_{name}", "time": args.time, "nodes": args.nodes,
+              "ntasks_per_node": 1, "array_parallelism": args.array_parallelism,
+              "signal_delay_s": 120, "additional_parameters": {"requeue": True}}
+    if args.gpus_per_job:
+        params["gpus_per_node"] = args.gpus_per_job
+    if args.cpus_per_job:
+        params["cpus_per_task"] = args.cpus_per_job
+    params.update({k: v for k in ("partition", "account") if (v := getattr(args, k))})
+    executor.update_parameters(**params)
+    jobs = []
+    try:
+        with executor.batch():
+            for plan in plans:
+                jobs.append(executor.submit(cell_job(plan, book, program, args.nodes,
+                                                     max(1, args.gpus_per_job))))
+    except (submitit.core.utils.FailedSubmissionError, OSError) as err:
+        raise UserError(f"sbatch refused the table's jobs: {str(err).strip().splitlines()[-1]}") \
+            from None
+    for plan, job in zip(plans, jobs):
+        book.record([plan], executor="slurm", job_id=job.job_id)
+    return [job.job_id for job in jobs]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def print_status(plans: list[Plan]) -> None:
+    """One line per run (state, cell, detail), then the count of each state."""
+    for plan in plans:
+        detail = f"  {plan.detail}" if plan.detail and plan.state != "done" else ""
+        print(f"{plan.state:<8} {plan.cell.label}{detail}")
+    counts = {s: sum(p.state == s for p in plans)
+              for s in ("done", "running", "queued", "failed", "missing", "conflict")}
+    print(", ".join(f"{s} {n}" for s, n in counts.items()) + f" (of {len(plans)} runs)")
+
+
+def published_dataset() -> str | None:
+    """The data set of ``scripts/published_results.json`` (the numbers ``--published`` shows)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "published_results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def summarize(table: Table, plans: list[Plan], book: JobBook) -> int:
+    """scripts/summarize.py on the table's save folders (results.csv and results.png in the
+    state folder); a partial table is summarized too, and said so."""
+    done = sum(p.state == "done" for p in plans)
+    if done < len(plans):
+        print(f"partial table: {done} of {len(plans)} runs done", flush=True)
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "summarize.py")
+    code = 0
+    for folder in sorted({os.path.dirname(os.path.normpath(p.trial.run_folder)) for p in plans}):
+        extra = ["--published"] if table.dataset == published_dataset() else []
+        stem = os.path.join(book.folder, "results")
+        code |= subprocess.run([sys.executable, script, folder, "--csv", stem + ".csv",
+                                "--png", stem + ".png", *extra], check=False).returncode
+    return code
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_table.py", description=__doc__.split("\n")[0])
+    parser.add_argument("experiment", help="experiment file (YAML), e.g. "
+                                           "experiments/kdrefine_table.yaml")
+    parser.add_argument("--executor", choices=["local", "slurm"], default="local")
+    parser.add_argument("--dry_run", "--dry-run", dest="dry_run", action="store_true",
+                        help="print the train_student.py command of every run, run nothing")
+    parser.add_argument("--status", action="store_true",
+                        help="print done/running/queued/failed/missing for every run")
+    parser.add_argument("--summarize", action="store_true",
+                        help="the results table of the table's runs (scripts/summarize.py)")
+    parser.add_argument("--teachers", default=None,
+                        help="teacher path pattern, {t} the teacher's name (default: the file's)")
+    parser.add_argument("--state_dir", default=None,
+                        help="jobs.json, logs and submitit files (default save/tables/<name>)")
+    parser.add_argument("--program", default=None,
+                        help="run this instead of 'python train_student.py' (a stand-in for "
+                             "tests; --dry_run and the plans use train_student.py's flags)")
+    group = parser.add_argument_group("local executor")
+    group.add_argument("--gpus", default=None,
+                       help="GPU ids, one run per GPU (default: every visible GPU; '' for CPU)")
+    group.add_argument("--max_parallel", type=int, default=1, help="runs at a time on the CPU")
+    group = parser.add_argument_group("slurm executor")
+    group.add_argument("--partition", default=None)
+    group.add_argument("--account", default=None)
+    group.add_argument("--time", type=int, default=24 * 60, help="minutes per job")
+    group.add_argument("--gpus_per_job", type=int, default=1)
+    group.add_argument("--cpus_per_job", type=int, default=None)
+    group.add_argument("--nodes", type=int, default=1, help="nodes per job (torchrun across them)")
+    group.add_argument("--array_parallelism", type=int, default=64,
+                       help="array tasks running at a time")
+    group.add_argument("--max_requeues", type=int, default=3,
+                       help="requeues after a time-out (preemptions do not count)")
+    return parser
+
+
+def run_cells(plans: list[Plan], book: JobBook, args: argparse.Namespace, table: Table) -> int:
+    """Run or submit the unfinished cells; 1 when a run failed or a folder holds another run."""
+    for plan in plans:
+        if plan.state == "conflict":
+            print(f"warning: not run: {plan.cell.label}: {plan.conflict}", file=sys.stderr)
+    todo = [p for p in plans if p.state in ("missing", "failed")]
+    busy = sum(p.state in ("queued", "running") for p in plans)
+    print(f"[run_table] {len(todo)} of {len(plans)} runs to start ({busy} queued or running, "
+          f"{sum(p.state == 'done' for p in plans)} done)", flush=True)
+    program = tuple(shlex.split(args.program)) if args.program else PROGRAM
+    conflicts = any(p.state == "conflict" for p in plans)
+    if not todo:
+        return int(conflicts)
+    if args.executor == "slurm":
+        ids = submit_slurm(todo, book, args, program, table.name)
+        print(f"[run_table] submitted {len(ids)} runs: {ids[0]} .. {ids[-1]}", flush=True)
+        return int(conflicts)
+    failed = run_local(todo, book, local_slots(args.gpus, args.max_parallel), program)
+    return int(bool(failed) or conflicts)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_parallel < 1 or args.nodes < 1 or args.array_parallelism < 1:
+        raise UserError("--max_parallel, --nodes and --array_parallelism must be at least 1")
+    table = load_table(args.experiment, args.teachers)
+    cells = expand(table)
+    if args.dry_run:
+        for cell in cells:
+            print(shlex.join(cell.command()))
+        return 0
+    plans = plan(cells)
+    book = JobBook(os.path.abspath(args.state_dir or os.path.join("save", "tables", table.name)))
+    assess(plans, book)
+    if args.status:
+        print_status(plans)
+        return 0
+    if args.summarize:
+        return summarize(table, plans, book)
+    return run_cells(plans, book, args, table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
