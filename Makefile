@@ -1,7 +1,7 @@
 # make quickstart: install, then run the whole pipeline offline on digits (teacher -> kdrefine
 #                  student -> convert -> validate both forms), printing a results table.
 # make test:       install (with pytest), then run the whole test suite (make test-grid: every
-#                  method on every pair of the KDrefine table, 162 cells).
+#                  method on every pair of the KDrefine table).
 # PYTHON=.venv/bin/python (or any interpreter): install into and run with that one (.ci/run does).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip

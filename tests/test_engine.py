@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Callable
 
 import pytest
 import torch
@@ -20,7 +21,9 @@ TESTS = os.path.join(PROJECT, "tests")
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    return teacher_workdir(tmp_path_factory, "engine")
+    """Small CIFAR-format files (64 training images: 2 steps of 32 per epoch; the tests stop at
+    a first step) and a short resnet8 teacher."""
+    return teacher_workdir(tmp_path_factory, "engine", n_train=64)
 
 
 class Stop(Exception):
@@ -37,15 +40,17 @@ def project_frames_below_main(stack: list[inspect.FrameInfo]) -> list[str]:
             if f.filename.startswith(PROJECT) and not f.filename.startswith(TESTS)]
 
 
-def record_steps(monkeypatch, stop_after: int | None = None) -> list[list[str]]:
-    """Patch SGD.step to record the project frames of each call (then step); with
-    ``stop_after``, raise :class:`Stop` at that call."""
+def record_steps(monkeypatch, stop_after: int | None = None,
+                 stop_at: Callable[[list[str]], bool] | None = None) -> list[list[str]]:
+    """Patch SGD.step to record the project frames of each call (then step); raise
+    :class:`Stop` at call number ``stop_after``, or at the first call whose frames ``stop_at``
+    accepts."""
     calls: list[list[str]] = []
     original = torch.optim.SGD.step
 
     def recording(self, *args, **kwargs):
         calls.append(project_frames_below_main(inspect.stack()))
-        if stop_after is not None and len(calls) >= stop_after:
+        if (stop_after is not None and len(calls) >= stop_after) or (stop_at and stop_at(calls[-1])):
             raise Stop
         return original(self, *args, **kwargs)
 
@@ -74,11 +79,13 @@ def test_teacher_step_is_four_frames_below_main(workdir, monkeypatch):
 
 
 def test_the_init_stage_runs_in_the_same_loop(workdir, monkeypatch):
-    """FSP's init stage and its main stage: every step goes through fit and run_epoch."""
+    """FSP's init stage and its main stage: every step of the init stage and the first of the
+    main stage (the run stops there) go through fit and run_epoch."""
     monkeypatch.chdir(workdir)
-    calls = record_steps(monkeypatch)
-    train_student.main(student_args("--distill", "fsp", "--epochs", "1", "--init_epochs", "1",
-                                    "--overwrite"))
+    calls = record_steps(monkeypatch, stop_at=lambda frames: "run_init_stage" not in frames)
+    with pytest.raises(Stop):
+        train_student.main(student_args("--distill", "fsp", "--epochs", "1", "--init_epochs", "1",
+                                        "--overwrite"))
     init = [c for c in calls if "run_init_stage" in c]
     main_stage = [c for c in calls if "run_init_stage" not in c]
     assert init and main_stage

@@ -19,7 +19,9 @@ from tests.cli_helpers import exit_message, student_args, student_folder, teache
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    return teacher_workdir(tmp_path_factory, "trials")
+    """Small CIFAR-format files (64 training images: 2 steps of 32 per epoch, enough for trials
+    to drift apart if they were stepped wrongly) and a short resnet8 teacher."""
+    return teacher_workdir(tmp_path_factory, "trials", n_train=64)
 
 
 #: -r/-a/-b of the runs, as their folders show them: kdrefine's and crd's recipes (their
@@ -60,20 +62,29 @@ def assert_states_close(a: dict, b: dict, rtol: float = 1e-4, atol: float = 1e-5
             assert worst <= of_max * b[key].abs().max().item() + 1e-7, (key, worst)
 
 
+@pytest.fixture(scope="module")
+def separate_runs() -> dict[str, dict]:
+    """The separate runs' final states and metrics, per method: a single run does not depend on
+    ``--trials_mode`` (one trial is always stepped alone), so kdrefine's serve both its modes."""
+    return {}
+
+
 @pytest.mark.parametrize("distill, mode", [("kdrefine", "shared_teacher"), ("crd", "auto"),
                                            ("kdrefine", "stacked"), ("attention", "stacked")])
-def test_trials_compute_what_separate_runs_compute(workdir, monkeypatch, distill, mode):
+def test_trials_compute_what_separate_runs_compute(workdir, monkeypatch, separate_runs, distill, mode):
     """Trials 3 and 4 of ``--trials 2 --trial 3 --seed 7`` equal the separate runs ``--trial 3
     --seed 7`` and ``--trial 4 --seed 8``: weights, BN statistics, optimizer state, metrics —
     stepped one by one, or stacked into one vmapped model (kdrefine; attention reads features)."""
     monkeypatch.chdir(workdir)
     r, a, b = WEIGHTS[distill]
-    args = ["--distill", distill, "-r", r, "-a", a, "-b", b, "--nce_k", "64", "--trials_mode", mode,
+    args = ["--distill", distill, "-r", r, "-a", a, "-b", b, "--nce_k", "32", "--trials_mode", mode,
             "--overwrite"]  # fresh runs
-    separate = {}
-    for trial, seed in (("3", "7"), ("4", "8")):
-        train_student.main(student_args(*args, "--trial", trial) + ["--seed", seed, "--epochs", "1"])
-        separate[trial] = (final_state(trial, distill), metrics(trial, distill))
+    if distill not in separate_runs:
+        separate_runs[distill] = {}
+        for trial, seed in (("3", "7"), ("4", "8")):
+            train_student.main(student_args(*args, "--trial", trial) + ["--seed", seed, "--epochs", "1"])
+            separate_runs[distill][trial] = (final_state(trial, distill), metrics(trial, distill))
+    separate = separate_runs[distill]
     train_student.main(student_args(*args, "--trial", "3", "--trials", "2") + ["--seed", "7", "--epochs", "1"])
     # stacked: grouped kernels round differently in float32 (not deterministically on CPU), and
     # kdrefine's z-scoring of this untrained teacher's nearly flat logits amplifies rounding: after
@@ -215,8 +226,8 @@ def test_stacked_students_step_like_separate_ones_in_float64(fused, distill):
     for c in copies:
         c.train()
     for _ in range(3):
-        batches = [Batch(torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,)))
-                   for _ in range(2)]
+        batches = [Batch(torch.randn(4, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (4,)))
+                   for _ in range(2)]  # 4 images a trial: enough for BN, half float64's cost
         losses, _ = optimize(lambda: step(batches, 1), stacked_opt, None, device, False)
         for k, (sep_step, sep_opt) in enumerate(separate):
             loss, _ = optimize(lambda: sep_step(batches[k], 1), sep_opt, None, device, False)
