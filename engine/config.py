@@ -1,7 +1,7 @@
 """The typed configuration of a training run: frozen sections built once from the parsed flags.
 
-A run's configuration is one frozen object (DESIGN.md's pattern 13, after nanoGPT's
-``GPTConfig``): a :class:`TeacherConfig` (``train_teacher.py``) or a :class:`StudentConfig`
+A run's configuration is one frozen object (after nanoGPT's
+``GPTConfig`` and timm's ``PretrainedCfg``): a :class:`TeacherConfig` (``train_teacher.py``) or a :class:`StudentConfig`
 (``train_student.py``), made of sections: the models, the method (students only), the
 optimization, the data and the run. Each field of a section is one flag (its name is the flag's
 ``dest``) or a value derived from flags when the configuration is built (the optimization's

@@ -1,7 +1,7 @@
 """The project's structure rules, checked on the source with ``ast`` (nothing of ours is
 imported, so this runs in well under a second).
 
-1. Layers (DESIGN.md, pattern 11): entry scripts on top, then the engine, then the libraries,
+1. Layers (README's Layout section): entry scripts on top, then the engine, then the libraries,
    then a ground of utilities. A module imports project modules only of a lower layer or of
    its own folder; the layer-1 folders do not import each other. Entry scripts may use each
    other's command lines (``scripts/benchmark.py`` times what ``train_student.py`` resolves).

@@ -17,8 +17,7 @@ from distiller_zoo.methods.base import StepInputs
 from helper.errors import UserError
 from tests.reference import load_json, loss_inputs
 
-ALL_METHODS = ["kd", "hint", "attention", "similarity", "correlation", "vid", "rkd", "pkt",
-               "abound", "factor", "fsp", "nst", "crd", "kdsvd", "dkd", "srrl", "semckd", "kdrefine"]
+ALL_METHODS = dz.method_names()  # the registry: a method added is tested with the others
 BATCH = 8
 N_DATA = 32
 IMG = 16
@@ -193,10 +192,6 @@ def test_method_declarations(name):
     assert cls.needs_preact == (name == "abound")
     assert cls.needs_index == (name == "crd")
     assert cls.has_init_stage == (name in {"abound", "factor", "fsp"})
-
-
-def test_registry_covers_every_name():
-    assert sorted(ALL_METHODS) == dz.method_names()
 
 
 def test_unknown_method_lists_known_names():

@@ -35,16 +35,20 @@ def config(capsys, *flags: str, script=train_student) -> dict:
     return json.loads(out[0])
 
 
-def test_every_method_has_a_published_row():
-    assert sorted(PUBLISHED) == method_names()
+def test_the_published_rows_are_registered_methods():
+    assert set(PUBLISHED) <= set(method_names())
 
 
-@pytest.mark.parametrize("method", sorted(PUBLISHED))
+@pytest.mark.parametrize("method", method_names())
 def test_weights_default_to_the_methods_recipe(capsys, method):
+    """Every registered method's flags default to its recipe, which names its source; the
+    built-in methods' recipes are the published numbers (PUBLISHED, pinned here)."""
     cfg = config(capsys, "--distill", method)
-    assert (cfg["gamma"], cfg["alpha"], cfg["beta"]) == pytest.approx(PUBLISHED[method])
     recipe = get_method(method).recipe
-    assert (recipe.gamma, recipe.alpha, recipe.beta) == pytest.approx(PUBLISHED[method])
+    assert recipe.source.strip()
+    assert (cfg["gamma"], cfg["alpha"], cfg["beta"]) == pytest.approx((recipe.gamma, recipe.alpha, recipe.beta))
+    if method in PUBLISHED:
+        assert (recipe.gamma, recipe.alpha, recipe.beta) == pytest.approx(PUBLISHED[method])
 
 
 @pytest.mark.parametrize("method, student, lr", [
