@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import functools
 import math
 import os
 import pickletools
@@ -193,6 +194,20 @@ _I32, _F64 = struct.Struct("<i"), struct.Struct(">d")
 
 #: Opcode -> name, from :mod:`pickletools` (protocols 0 to 5).
 _NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
+#: Opcodes refused outright, with what they would build (one line each).
+_REFUSED = {
+    "OBJ": "OBJ (an object built by calling a class)",
+    "NEWOBJ": "NEWOBJ (an object built by calling a class)",
+    "NEWOBJ_EX": "NEWOBJ_EX (an object built by calling a class)",
+    "PERSID": "a persistent id",
+    "BINPERSID": "a persistent id",
+    "EXT1": "an extension code (a registered global)",
+    "EXT2": "an extension code (a registered global)",
+    "EXT4": "an extension code (a registered global)",
+    "NEXT_BUFFER": "an out-of-band buffer",
+    "READONLY_BUFFER": "an out-of-band buffer",
+    "DUP": "DUP (a value referenced twice)",
+}
 #: Opcodes whose argument is a length-prefixed string: (length layout, longest length accepted
 #: or None, what its bytes become).
 _SIZED: dict[int, tuple[struct.Struct, int | None, Callable[[memoryview], Any]]] = {
@@ -245,6 +260,8 @@ class _Reader:
         self.handlers: dict[int, Callable[[], None]] = {
             code: getattr(self, f"op_{name}") for code, name in _NAMES.items()
             if hasattr(self, f"op_{name}")}
+        self.handlers.update({code: functools.partial(self.refuse, _REFUSED[name])
+                              for code, name in _NAMES.items() if name in _REFUSED})
 
     # ------------------------------------------------------------------ input
     def fail(self, what: str) -> PickleError:
@@ -601,34 +618,6 @@ class _Reader:
 
     def refuse(self, what: str) -> None:
         raise self.fail(f"refused {what}: a data file holds no objects")
-
-    def op_OBJ(self) -> None:
-        self.refuse("OBJ (an object built by calling a class)")
-
-    def op_NEWOBJ(self) -> None:
-        self.refuse("NEWOBJ (an object built by calling a class)")
-
-    def op_NEWOBJ_EX(self) -> None:
-        self.refuse("NEWOBJ_EX (an object built by calling a class)")
-
-    def op_PERSID(self) -> None:
-        self.refuse("a persistent id")
-
-    def op_BINPERSID(self) -> None:
-        self.refuse("a persistent id")
-
-    def op_EXT1(self) -> None:
-        self.refuse("an extension code (a registered global)")
-
-    op_EXT2 = op_EXT4 = op_EXT1
-
-    def op_NEXT_BUFFER(self) -> None:
-        self.refuse("an out-of-band buffer")
-
-    op_READONLY_BUFFER = op_NEXT_BUFFER
-
-    def op_DUP(self) -> None:
-        self.refuse("DUP (a value referenced twice)")
 
     # ------------------------------------------------------------------ REDUCE and BUILD
     def op_REDUCE(self) -> None:
