@@ -22,10 +22,8 @@ The loaders reproduce the CRD benchmark's data pipeline (Tian et al., CRD, ICLR 
 from __future__ import annotations
 
 import contextlib
-import os
 import reprlib
 import socket
-import stat
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -36,6 +34,7 @@ from torch import Tensor
 from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
                              check_options, memory_test_loader)
 from helper.errors import UserError
+from helper.files import NotRegularFile, open_regular
 from helper.pickle_reader import PickleError, RefusedGlobal, read_pickle
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -160,18 +159,14 @@ def max_images(path: Path) -> int:
 def _open_regular(path: Path) -> IO[bytes]:
     """``path`` opened for reading, if it is a regular file (a FIFO would block the read)."""
     try:
-        mode = os.stat(path).st_mode
+        return open_regular(path)
     except FileNotFoundError as err:
         raise UserError(f"CIFAR-100 file {path} is missing") from err
-    except OSError as err:
-        raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)})") from None
-    if stat.S_ISDIR(mode):
-        raise UserError(f"CIFAR-100 file {path} is a directory, not a file; {_REDOWNLOAD}")
-    if not stat.S_ISREG(mode):
+    except NotRegularFile as err:
+        if err.kind == "directory":
+            raise UserError(f"CIFAR-100 file {path} is a directory, not a file; {_REDOWNLOAD}") from None
         raise UserError(f"CIFAR-100 file {path} is not a regular file (a FIFO, socket or "
-                        f"device); {_REDOWNLOAD}")
-    try:
-        return open(path, "rb")
+                        f"device); {_REDOWNLOAD}") from None
     except OSError as err:
         raise UserError(f"cannot read CIFAR-100 file {path} ({_reason(err)})") from None
 

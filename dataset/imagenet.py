@@ -30,7 +30,6 @@ of the training set and an exact shard of the validation set.
 from __future__ import annotations
 
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +42,7 @@ from dataset.loaders import LoaderOptions
 from dataset.sharding import Shard
 from dataset.torchvision_loader import TorchvisionLoader
 from helper.errors import UserError
+from helper import files
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -82,28 +82,14 @@ def open_regular(path: str) -> BinaryIO:
     anything else (a FIFO, a device, a socket, a directory, a broken link) is one
     :class:`UserError` line and is never read from, so nothing blocks."""
     try:
-        kind = _file_kind(os.stat(path).st_mode)
-        if kind is None:  # checked again on the open file: it may have changed since
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-            kind = _file_kind(os.fstat(fd).st_mode)
-            if kind is None:
-                return os.fdopen(fd, "rb")
-            os.close(fd)
+        return files.open_regular(path)
+    except files.NotRegularFile as err:
+        raise UserError(f"{path} is not a regular file but a {err.kind}; an image folder holds image "
+                        f"files: remove it") from None
     except OSError as err:
         what = "a broken symlink" if os.path.islink(path) and not os.path.exists(path) else err.strerror
         raise UserError(f"cannot open the image {path} ({what}); an image folder holds image files: "
                         f"remove it or make it readable") from None
-    raise UserError(f"{path} is not a regular file but {kind}; an image folder holds image files: "
-                    f"remove it")
-
-
-def _file_kind(mode: int) -> str | None:
-    """None for a regular file, else what the file is (for a message)."""
-    if stat.S_ISREG(mode):
-        return None
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def load_image(path: str) -> Image.Image:

@@ -16,10 +16,11 @@ import hashlib
 import json
 import math
 import os
-import stat
 import subprocess
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from helper.files import NotRegularFile, open_regular
 
 # Options that do not change a run's results: where it logs, runs or saves, how it was started
 # (resume/overwrite/print_config, several trials in one process and how they step) and the
@@ -55,16 +56,6 @@ MAX_METRICS_BYTES = 1 << 20
 MAX_METRICS_DEPTH = 16
 
 
-def _file_kind(mode: int) -> str:
-    """What an ``st_mode`` is, in words: ``regular file``, ``FIFO``, ``directory``, ..."""
-    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"),
-                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return kind
-    return "special file"
-
-
 def read_regular_file(path: str, limit: int) -> bytes:
     """The bytes of ``path``, read only when it is a regular file of at most ``limit`` bytes.
 
@@ -72,26 +63,15 @@ def read_regular_file(path: str, limit: int) -> bytes:
     being opened, so nothing blocks; the file is opened with ``O_NONBLOCK`` and checked again
     on its descriptor, against a file swapped in between. ``OSError`` when it cannot be read.
     """
-    kind = _file_kind(os.stat(path).st_mode)
-    if kind != "regular file":
-        raise ValueError(f"not a regular file (a {kind}); only regular files are read")
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     try:
-        kind = _file_kind(os.fstat(fd).st_mode)
-        if kind != "regular file":
-            raise ValueError(f"not a regular file (a {kind}); only regular files are read")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
+        with open_regular(path) as f:
+            data = f.read(limit + 1)
+    except NotRegularFile as err:
+        raise ValueError(f"not a regular file (a {err.kind}); only regular files are read") from None
+    size = len(data)
     if size > limit:
         raise ValueError(f"larger than {limit} bytes, which no metrics file is")
-    return b"".join(chunks)
+    return data
 
 
 def json_depth(value: Any, limit: int) -> int:
