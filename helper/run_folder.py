@@ -226,7 +226,8 @@ def read_lock(path: str) -> LockHolder | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` may be running here (one that cannot be asked counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -244,7 +245,7 @@ def stale_reason(holder: LockHolder | None) -> str | None:
         return "it is unreadable or empty"
     if holder.host != socket.gethostname():
         return None  # another machine's process: cannot tell
-    if holder.pid <= 0 or not _alive(holder.pid):
+    if holder.pid <= 0 or not process_alive(holder.pid):
         return f"its process (pid {holder.pid}) has ended"
     started = process_start(holder.pid)
     if holder.start is not None and started is not None and started != holder.start:

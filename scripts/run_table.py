@@ -48,6 +48,7 @@ from dataset import DEFAULT_DATASET  # noqa: E402
 from distiller_zoo import method_names  # noqa: E402
 from helper.checkpoint import load_checkpoint  # noqa: E402
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
+from helper.run_folder import process_alive  # noqa: E402
 from scripts.run_trials import SKIP, TeacherHashes, Trial, decide  # noqa: E402
 
 PROGRAM = ("python", "train_student.py")
@@ -359,15 +360,8 @@ class JobBook:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a job's recorded ``pid`` (anything read from ``jobs.json``) may still run."""
+    return isinstance(pid, int) and pid > 0 and process_alive(pid)
 
 
 def job_state(entry: dict, book: JobBook) -> str:
