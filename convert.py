@@ -51,6 +51,7 @@ from helper.errors import UserError, exit_on_user_error
 from helper.run_folder import check_output_file
 from engine.model_io import count_parameters, load_model_from_file, recorded_dataset
 from helper.onnx_io import OPSET, export_onnx, node_counts, parameter_count, write_onnx
+from helper.plugins import add_plugin_flag, import_plugins
 from engine.options import (OneLineParser, blocktype_hint, check_flag_values, fitting_blocktypes,
                             flag_or_record, recorded_architecture_in)
 from engine.config import dataset_zoo
@@ -59,6 +60,7 @@ from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    import_plugins(argv)  # --plugin: their models, block types and data sets are choices below
     parser = OneLineParser(description="Convert a train-form rep student to deploy form "
                                                  "and/or export a model to ONNX.")
     parser.add_argument("--load", required=True, help="train-form checkpoint (.pth or .hdf5)")
@@ -75,6 +77,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"the data set whose model zoo and input size (its spec's image_size) "
                              f"to use ({dataset_help()}); default: the data set the checkpoint "
                              f"records, else the zoo that has the architecture")
+    add_plugin_flag(parser)
     opt = parser.parse_args(argv)
     check_flag_values(vars(opt))
     if opt.save is None and opt.onnx is None:

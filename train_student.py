@@ -30,21 +30,22 @@ from torch.utils.tensorboard import SummaryWriter
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes
 from distiller_zoo import get_method, method_names
 from distiller_zoo.methods import DEFAULT_METHOD, add_method_flags
-from helper.checkpoint import (extract_state_dict, load_checkpoint, load_weights, num_classes_from_state_dict,
-                               rng_state, set_rng_state, write_json_atomic)
+from helper.checkpoint import load_checkpoint, rng_state, set_rng_state, write_json_atomic
 from engine.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
                             trainable_only)
 from engine.fit import EvaluateAndSave, InitStageLog, LoopSettings, Member, fit, raise_failures
 from engine.loops import make_grad_scaler, validate
+from engine.model_io import read_teacher, teacher_architecture
 from engine.stepping import OwnSteps, Stacked
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
-from helper.naming import METRICS_FILE, teacher_arch_from_path
+from helper.naming import METRICS_FILE
 from helper.provenance import file_sha256, project_version
 from helper.logging_utils import LOG_FILE, tee_to
+from helper.plugins import add_plugin_flag, import_plugins
 from helper.run_folder import claimed
 from engine.config import StudentConfig, build_student_config, dataset_zoo, flat, on_device, with_section
-from engine.options import (OneLineParser, add_data_flags, add_optimization_flags, add_original_flags,
+from engine.options import (OneLineParser, add_data_flags, add_dot_flags, add_optimization_flags, add_original_flags,
                             add_run_flags, check_flag_values, counted, print_config, resolved_config)
 from engine.trainer import Run, check_resume, place_model, report_members, start_members
 from engine.trials import TrialParts, check_stacked_start, check_trials_flags, stepping_for, trial_configs
@@ -90,15 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"init stage of {', '.join(method_names(lambda m: m.has_init_stage))}")
     add_method_flags(parser)  # each method's own flags (distiller_zoo.methods)
     add_optimization_flags(parser)
+    add_dot_flags(parser)
     add_data_flags(parser)
     add_run_flags(parser)
     add_original_flags(parser, student=True)
+    add_plugin_flag(parser)
     return parser
 
 
 def parse_option(argv: list[str] | None = None) -> StudentConfig:
     """The configuration of the flags (:func:`engine.config.build_student_config`: ``-r/-a/-b``
-    and ``--learning_rate`` left out take the method's published recipe), checked."""
+    and ``--learning_rate`` left out take the method's published recipe), checked; the
+    ``--plugin`` modules are imported first, so that their registrations are choices."""
+    import_plugins(argv)
     flags = vars(build_parser().parse_args(argv))
     zoo = dataset_zoo(flags["dataset"])
     zoo.check_name(flags["model_s"], "--model_s")
@@ -118,33 +123,11 @@ def student_config(config: StudentConfig) -> dict:
     return resolved_config(config, build_parser())
 
 
-def teacher_architecture(path: str, ckpt, dataset: str, model_t: str | None = None) -> str:
-    """The teacher's architecture: the checkpoint's 'arch' entry, else ``--model_t``, else its
-    RepDistiller folder name; ``--model_t`` contradicting the entry stops with one line."""
-    zoo = dataset_zoo(dataset)
-    recorded = ckpt.get("arch") if isinstance(ckpt, dict) and isinstance(ckpt.get("arch"), str) else None
-    if recorded and model_t and recorded != model_t:
-        raise UserError(f"--model_t {model_t} contradicts {path}, which records the architecture "
-                        f"{recorded}; leave --model_t out")
-    arch = recorded or model_t or teacher_arch_from_path(path, list(zoo.models))
-    zoo.check_name(arch, "--path_t (teacher architecture; name it with --model_t)")
-    return arch
-
-
 def load_teacher(path: str, dataset: str, device: torch.device, data_folder: str = "./data",
                  model_t: str | None = None, ckpt=None):
-    """The teacher of ``path`` (see :func:`teacher_architecture`; ``ckpt``: the file, if
-    already loaded), frozen."""
-    zoo = dataset_zoo(dataset)
-    ckpt = load_checkpoint(path) if ckpt is None else ckpt
-    arch = teacher_architecture(path, ckpt, dataset, model_t)
-    state = extract_state_dict(ckpt, path)
-    n_cls = num_classes_from_state_dict(state, path)
-    expected = num_classes(dataset, data_folder)
-    if n_cls != expected:
-        raise UserError(f"{path} is a {n_cls}-class teacher but --dataset {dataset} has "
-                        f"{expected} classes")
-    teacher = load_weights(zoo.build(arch, num_classes=n_cls), state, path, arch)
+    """The teacher of ``path`` (:func:`engine.model_io.read_teacher`, the loading path that
+    ``convert.py`` and ``validation.py`` share), on ``device``, frozen."""
+    arch, teacher = read_teacher(path, dataset, data_folder, model_t, ckpt)
     return arch, freeze(teacher.to(device))
 
 
@@ -343,7 +326,7 @@ def loaders_for(config: StudentConfig, device: torch.device, dist: DistContext):
     if sampling is not None:
         k, mode = sampling
         return get_sample_dataloaders(data.dataset, k=k, mode=mode, **loader_kw)
-    return get_dataloaders(data.dataset, **loader_kw)
+    return get_dataloaders(data.dataset, strong_view=method_cls.needs_strong_view, **loader_kw)
 
 
 def build_student(config: StudentConfig, teacher: torch.nn.Module, train_loader, test_loader,
@@ -371,7 +354,7 @@ def build_trial(built: BuiltStudent, teacher: torch.nn.Module, dist: DistContext
         run_init_stage(config, student, teacher, method, built.train_loader, dist)
     set_trainable([method], method.trainable_modules())  # the rest of the method is idle now
     step = DistillStep(student, teacher, method, loss_weights(config.method), compile=run.compile,
-                       device=dist.device, dist=dist)
+                       device=dist.device, dist=dist, dot=config.optim.dot)
     return TrialParts(config, student, method, step, built.train_loader)
 
 

@@ -29,6 +29,7 @@ from engine.config import TeacherConfig, build_teacher_config, dataset_zoo, flat
 from engine.options import (OneLineParser, add_data_flags, add_optimization_flags, add_original_flags,
                             add_run_flags, check_flag_values, counted, print_config, resolved_config)
 from helper.logging_utils import LOG_FILE, tee_to
+from helper.plugins import add_plugin_flag, import_plugins
 from helper.run_folder import claimed
 from engine.fit import EvaluateAndSave, LoopSettings, Member, fit, raise_failures
 from engine.loops import make_grad_scaler
@@ -48,11 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_flags(parser)
     add_run_flags(parser)
     add_original_flags(parser, student=False)
+    add_plugin_flag(parser)
     return parser
 
 
 def parse_option(argv: list[str] | None = None) -> TeacherConfig:
-    """The configuration of the flags (:func:`engine.config.build_teacher_config`), checked."""
+    """The configuration of the flags (:func:`engine.config.build_teacher_config`), checked;
+    the ``--plugin`` modules are imported first, so that their registrations are choices."""
+    import_plugins(argv)
     flags = vars(build_parser().parse_args(argv))
     dataset_zoo(flags["dataset"]).check_name(flags["model"], "--model")
     config = build_teacher_config(flags, env_world_size())

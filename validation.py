@@ -51,6 +51,7 @@ from helper.onnx_io import (OnnxRuntimeModel, check_interface, load_onnx, metada
                             nonfinite_initializers, parameter_count, runtime_version)
 from engine.options import (IgnoredFlag, OneLineParser, blocktype_hint, check_flag_values, flag_or_record,
                             recorded_architecture_in, str2bool)
+from helper.plugins import add_plugin_flag, import_plugins
 from helper.util import resolve_device
 from engine.config import dataset_zoo
 from models import BLOCK_TYPES, zoo_of
@@ -62,6 +63,7 @@ def model_classes(model: torch.nn.Module) -> int:
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    import_plugins(argv)  # --plugin: their models, block types and data sets are choices below
     parser = OneLineParser(description="Validate a model checkpoint on the test split.")
     parser.add_argument("--model", default=None,
                         help="architecture, e.g. represnet20 (or represnet18 with --dataset imagenet); "
@@ -84,6 +86,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--print_freq", action=IgnoredFlag, type=int, metavar="N",
                         help="KDrefine's batches between progress lines: accepted and ignored (no "
                              "per-batch lines are printed; a terminal shows a progress bar)")
+    add_plugin_flag(parser)
     opt = parser.parse_args(argv)
     check_flag_values(vars(opt))
     return opt

@@ -22,9 +22,17 @@ import torch
 from torch import Tensor
 
 from dataset.loaders import LOADER_KINDS, ContrastConfig, Loader, LoaderOptions
-from dataset.registry import (CIFAR_SCHEDULE, DEFAULT_DATASET, IMAGENET_SCHEDULE, DatasetSpec,
-                              Schedule, dataset_help, dataset_names, dataset_spec, register_dataset)
+from dataset.registry import (DatasetSpec, Schedule, dataset_help, dataset_names, dataset_spec,
+                              register_dataset)
+# the built-in data sets, each one file registering its spec (in the order --dataset lists them)
+from dataset import cifar100, digits, imagenet  # noqa: F401  (each registers its set)
+from dataset.cifar100 import CIFAR_SCHEDULE
+from dataset.imagenet import IMAGENET_SCHEDULE
 from helper.errors import UserError
+
+#: The data set of ``--dataset`` when the flag is left out (and of a file that records none):
+#: CIFAR-100, the CRD benchmark's.
+DEFAULT_DATASET = cifar100.SPEC.name
 
 __all__ = ["CIFAR_SCHEDULE", "DEFAULT_DATASET", "IMAGENET_SCHEDULE", "LOADER_KINDS",
            "ContrastConfig", "DatasetSpec", "LoaderOptions", "Schedule", "dataset_help",
@@ -53,16 +61,17 @@ def get_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,
                     data_folder: str | Path = "./data", is_instance: bool = False,
                     loader: str | None = None, device: torch.device | str = "cpu", seed: int = 0,
                     channels_last: bool = False, drop_last: bool = False, rank: int = 0,
-                    world_size: int = 1) -> tuple[Loader, Loader, int]:
+                    world_size: int = 1, strong_view: bool = False) -> tuple[Loader, Loader, int]:
     """(train_loader, test_loader, n_data) of ``dataset`` for process ``rank`` of
-    ``world_size``; with ``is_instance`` train batches are ``(images, targets, indices)``.
+    ``world_size``; with ``is_instance`` train batches are ``(images, targets, indices)``; with
+    ``strong_view`` their images are the pair ``(weak, strong)`` (MLKD's strong augmentation).
     ``loader=None`` picks :func:`default_loader`."""
     spec = dataset_spec(dataset)
     return spec.loaders(LoaderOptions(
         batch_size=batch_size, num_workers=num_workers, data_folder=data_folder,
         loader=loader or spec.default_loader, device=device, seed=seed,
         channels_last=channels_last, drop_last=drop_last, rank=rank, world_size=world_size,
-        is_instance=is_instance))
+        is_instance=is_instance, strong_view=strong_view))
 
 
 def get_sample_dataloaders(dataset: str, batch_size: int = 64, num_workers: int = 8,

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
                              check_options, memory_test_loader)
+from dataset.registry import DatasetSpec, Schedule, register_dataset, requested_k
 from helper.errors import UserError
 from helper.files import NotRegularFile, open_regular
 from helper.pickle_reader import PickleError, RefusedGlobal, read_pickle
@@ -345,3 +346,16 @@ def get_cifar100_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, 
                       loader=loader, device=device, seed=seed, channels_last=channels_last,
                       drop_last=drop_last, rank=rank, world_size=world_size),
         ContrastConfig(k=k, mode=mode, is_sample=is_sample, percent=percent))
+
+
+#: The CRD benchmark's schedule (CIFAR-100; digits too): 240 epochs, batch 64, x0.1 at
+#: 150/180/210, weight decay 5e-4 (learning rate per architecture, RepDistiller's 0.05 / 0.01).
+CIFAR_SCHEDULE = Schedule(epochs=240, batch_size=64, lr_decay_epochs="150,180,210",
+                          weight_decay=5e-4)
+
+SPEC = register_dataset(DatasetSpec(
+    name="cifar100", classes=NUM_CLASSES, stats=(MEAN, STD), schedule=CIFAR_SCHEDULE,
+    default_loader="device", loaders=cifar100_loaders, sample_loaders=cifar100_sample_loaders,
+    test_loader=cifar100_test_loader, test_split=load_cifar100_test, sample_k=requested_k,
+    model_zoo="cifar", train_images=MAX_IMAGES["train"], image_size=32,
+    description="CIFAR-100 (<data_folder>/cifar-100-python/, downloaded when missing)"))

@@ -9,9 +9,14 @@ space, before normalization, so padded pixels become ``(0 - mean) / std`` exactl
 torchvision on a PIL image. :func:`augment_batch` is the pure function that the equivalence
 test checks against ``torchvision.transforms.functional``.
 
+With ``strong`` each batch's images are a pair: the weak view above and MLKD's strong view
+(:mod:`dataset.strong_augment`: its own crop and flip, RandAugment, Cutout), batched on the
+device too and pixel-identical to the authors' Pillow pipeline (:func:`strong_batch`).
+
 Randomness is reproducible and resumable: epoch ``e`` draws its permutation, crop offsets and
-flips from a generator seeded with ``(seed, e, 0)`` and its CRD contrast indices from one
-seeded with ``(seed, e, 1)``. Iterating uses the current epoch and then advances it;
+flips from a generator seeded with ``(seed, e, 0)``, its CRD contrast indices from one
+seeded with ``(seed, e, 1)`` and its strong views from a host generator seeded with
+``(seed, e, 2)``. Iterating uses the current epoch and then advances it;
 :meth:`DeviceLoader.set_epoch` picks the epoch explicitly (as ``DistributedSampler`` does).
 
 In a data-parallel run every rank draws the same epoch plan and reads its :class:`Shard` of it
@@ -34,6 +39,7 @@ from torch.utils.data import TensorDataset
 from dataset.contrast import ContrastSampler
 from dataset.sharding import Shard
 from dataset.epochs import SeededEpochs
+from dataset.strong_augment import StrongPlan, draw_strong_plan, strong_images
 
 Stats = Sequence[float] | Tensor
 
@@ -73,8 +79,22 @@ def augment_batch(images_uint8: Tensor, crop_offsets: Tensor, flip_mask: Tensor,
         padding: zero padding ``p`` on every side, in pixel space.
 
     Returns:
-        float32 (B, C, H, W); one gather for crop and flip together.
+        float32 (B, C, H, W); one gather for crop and flip together (:func:`crop_flip`).
     """
+    return normalize_batch(crop_flip(images_uint8, crop_offsets, flip_mask, padding), mean, std)
+
+
+def strong_batch(images_uint8: Tensor, plan: StrongPlan, mean: Stats | None = None,
+                 std: Stats | None = None, padding: int = 4) -> Tensor:
+    """MLKD's strong view of a uint8 (B, C, H, W) batch for its draws ``plan`` (on the images'
+    device): the plan's own crop and flip, RandAugment and Cutout on the uint8 pixels
+    (:func:`dataset.strong_augment.strong_images`), then normalization; float32 out."""
+    cropped = crop_flip(images_uint8, plan.crop_offsets, plan.flip_mask, padding)
+    return normalize_batch(strong_images(cropped, plan), mean, std)
+
+
+def crop_flip(images_uint8: Tensor, crop_offsets: Tensor, flip_mask: Tensor, padding: int = 4) -> Tensor:
+    """The padded crop and flip of :func:`augment_batch` on the uint8 pixels (uint8 out)."""
     b, c, h, w = images_uint8.shape
     dev = images_uint8.device
     hp, wp = h + 2 * padding, w + 2 * padding
@@ -84,8 +104,7 @@ def augment_batch(images_uint8: Tensor, crop_offsets: Tensor, flip_mask: Tensor,
     cols = torch.arange(w, device=dev)[None, :].expand(b, w)
     cols = torch.where(flip_mask.to(dev)[:, None], (w - 1) - cols, cols) + offsets[:, 1:]
     flat = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    cropped = torch.gather(padded.reshape(b, c, hp * wp), 2, flat).view(b, c, h, w)
-    return normalize_batch(cropped, mean, std)
+    return torch.gather(padded.reshape(b, c, hp * wp), 2, flat).view(b, c, h, w)
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,8 @@ class DeviceLoader(SeededEpochs):
     """Batches of a uint8 image tensor kept on ``device``.
 
     Yields ``(images, targets)``; ``(images, targets, indices)`` with ``with_indices``; and
-    ``(images, targets, indices, contrast_idx)`` with a CRD ``contrast`` sampler. Images are
+    ``(images, targets, indices, contrast_idx)`` with a CRD ``contrast`` sampler. With ``strong``
+    ``images`` is the pair ``(weak, strong)``. Images are
     float32 NCHW (channels_last memory format on request), everything on ``device``. The last
     partial batch is kept unless ``drop_last``.
 
@@ -121,6 +141,7 @@ class DeviceLoader(SeededEpochs):
         channels_last: return batches in ``torch.channels_last`` memory format.
         drop_last: drop the last partial batch.
         shard: the part of every epoch this process reads (all of it by default).
+        strong: also MLKD's strong view of every image (:func:`strong_batch`).
     """
 
     def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, mean: Stats,
@@ -128,7 +149,7 @@ class DeviceLoader(SeededEpochs):
                  padding: int = 4, device: torch.device | str = "cpu", seed: int = 0,
                  with_indices: bool = False, contrast: ContrastSampler | None = None,
                  channels_last: bool = False, drop_last: bool = False,
-                 shard: Shard = Shard()) -> None:
+                 shard: Shard = Shard(), strong: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -149,6 +170,7 @@ class DeviceLoader(SeededEpochs):
         self.channels_last = channels_last
         self.drop_last = drop_last
         self.shard = shard
+        self.strong = strong
         self._epoch = 0
 
     def with_seed(self, seed: int) -> "DeviceLoader":
@@ -181,6 +203,13 @@ class DeviceLoader(SeededEpochs):
             flips = torch.zeros(n, dtype=torch.bool, device=dev)
         return EpochPlan(order, offsets, flips)
 
+    def strong_plan(self, epoch: int) -> StrongPlan:
+        """The strong views' draws of ``epoch``, per position of the epoch (as :meth:`epoch_plan`),
+        drawn on the host from ``(seed, epoch, 2)`` and moved to the device."""
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 2))
+        h, w = self.images.shape[2:]
+        return draw_strong_plan(len(self.labels), gen, h, w, self.padding, self.flip).to(self.device)
+
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         epoch = self._epoch
         self._epoch += 1
@@ -192,9 +221,11 @@ class DeviceLoader(SeededEpochs):
         if self.contrast is not None:
             rank_key = (self.shard.rank,) if self.shard.world_size > 1 else ()
             contrast_gen = self._generator(epoch, 1, *rank_key)
+        strong = self.strong_plan(epoch) if self.strong else None
         if self.shard.world_size > 1:  # this rank's positions of the epoch's plan
             mine = self.shard.positions(len(self.labels), self.device)
             plan = EpochPlan(plan.order[mine], plan.crop_offsets[mine], plan.flip_mask[mine])
+            strong = None if strong is None else strong.select(mine)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = plan.order[sl]
@@ -206,6 +237,11 @@ class DeviceLoader(SeededEpochs):
                 x = normalize_batch(raw, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if strong is not None:
+                x_strong = strong_batch(raw, strong.select(sl), self.mean, self.std, self.padding)
+                if self.channels_last:
+                    x_strong = x_strong.contiguous(memory_format=torch.channels_last)
+                x = (x, x_strong)
             y = self.labels.index_select(0, idx)
             if self.contrast is not None:
                 yield x, y, idx, self.contrast.sample(idx, y, contrast_gen)

@@ -26,6 +26,8 @@ from torch import Tensor
 
 from dataset.loaders import (ContrastConfig, ImageData, Loader, LoaderOptions, build_loaders,
                              check_options, memory_test_loader, to_nchw)
+from dataset.cifar100 import CIFAR_SCHEDULE
+from dataset.registry import DatasetSpec, register_dataset
 
 NUM_CLASSES = 10
 SPLIT_SEED = 0
@@ -158,3 +160,10 @@ def get_digits_dataloaders_sample(batch_size: int = 64, num_workers: int = 8, k:
                       loader=loader, device=device, seed=seed, channels_last=channels_last,
                       drop_last=drop_last, rank=rank, world_size=world_size),
         ContrastConfig(k=k, mode=mode, is_sample=is_sample, percent=percent))
+
+
+SPEC = register_dataset(DatasetSpec(
+    name="digits", classes=NUM_CLASSES, stats=digits_normalization, schedule=CIFAR_SCHEDULE,
+    default_loader="device", loaders=digits_loaders, sample_loaders=digits_sample_loaders,
+    test_loader=digits_test_loader, test_split=load_digits_test, sample_k=digits_sample_k,
+    model_zoo="cifar", image_size=32, description="scikit-learn's bundled digits, offline"))

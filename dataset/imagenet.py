@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from dataset.loaders import LoaderOptions
+from dataset.registry import DatasetSpec, Schedule, register_dataset, requested_k
 from dataset.sharding import Shard
 from dataset.torchvision_loader import TorchvisionLoader
 from helper.errors import UserError
@@ -282,6 +283,9 @@ def imagenet_loaders(options: LoaderOptions
         raise UserError(f"--dataset imagenet reads JPEG folders with the torchvision loader, not "
                         f"--loader {options.loader}; leave --loader out or pass --loader "
                         f"torchvision")
+    if options.strong_view:
+        raise UserError("--dataset imagenet has no strong view: the weak/strong pair of each image that this "
+                        "--distill reads is built for the in-memory data sets (cifar100, digits)")
     return _build(options)[:3]
 
 
@@ -317,3 +321,16 @@ def get_imagenet_dataloaders(data_folder: str, batch_size: int = 256, num_worker
         rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return build_imagenet_loaders(data_folder, batch_size=batch_size, num_workers=num_workers,
                                   is_instance=is_instance, rank=rank, world_size=world_size)
+
+
+#: ImageNet: 100 epochs, lr 0.1 per 256 images, x0.1 at 30/60/90, weight decay 1e-4 (DOT's
+#: momentum spread 0.09: mdistiller's configs/imagenet/*/dot.yaml).
+IMAGENET_SCHEDULE = Schedule(epochs=100, batch_size=256, lr_decay_epochs="30,60,90",
+                             weight_decay=1e-4, lr_per_256=0.1, dot_delta=0.09)
+
+SPEC = register_dataset(DatasetSpec(
+    name="imagenet", classes=num_imagenet_classes, stats=(IMAGENET_MEAN, IMAGENET_STD),
+    schedule=IMAGENET_SCHEDULE, default_loader="torchvision", loaders=imagenet_loaders,
+    sample_loaders=None, test_loader=imagenet_test_loader, test_split=load_imagenet_test_split,
+    sample_k=requested_k, model_zoo="imagenet", image_size=224,
+    description="ImageFolder tree <data_folder>/train/<class>/, <data_folder>/val/<class>/"))

@@ -3,7 +3,8 @@
 ``loader='device'`` (default): :class:`dataset.device_loader.DeviceLoader`, data on the
 training device, batched augmentation. ``loader='torchvision'``: the classic PIL + torchvision
 ``DataLoader`` path of the CRD code. Both give the same augmentation distribution, the same
-number of batches and the same item layouts. With ``world_size > 1`` each process (``rank``)
+number of batches and the same item layouts (with ``strong_view``, images as the pair
+``(weak, strong)`` in both). With ``world_size > 1`` each process (``rank``)
 reads its shard of every training epoch (padded to equal sizes) and an exact shard of the test
 split (:mod:`dataset.sharding`).
 """
@@ -19,7 +20,8 @@ from torch import Tensor
 from dataset.contrast import CONTRAST_MODES, ContrastSampler
 from dataset.device_loader import DeviceLoader
 from dataset.sharding import Shard
-from dataset.torchvision_loader import (ArrayImageDataset, TorchvisionLoader, test_transform,
+from dataset.strong_augment import StrongTransform
+from dataset.torchvision_loader import (ArrayImageDataset, TorchvisionLoader, TwoViews, test_transform,
                                         train_transform)
 from helper.errors import UserError
 
@@ -51,7 +53,9 @@ class LoaderOptions:
     ``batch_size`` is per process; ``num_workers`` is used by the torchvision loader only;
     ``loader`` is one of :data:`LOADER_KINDS`; ``device`` is where the device loader keeps the
     data; all randomness derives from ``seed``; process ``rank`` of ``world_size`` reads its
-    shard (:mod:`dataset.sharding`); with ``is_instance`` train batches carry their indices.
+    shard (:mod:`dataset.sharding`); with ``is_instance`` train batches carry their indices; with
+    ``strong_view`` their images are the pair ``(weak, strong)`` (MLKD's strong augmentation,
+    :mod:`dataset.strong_augment`).
     """
 
     batch_size: int = 64
@@ -65,6 +69,7 @@ class LoaderOptions:
     rank: int = 0
     world_size: int = 1
     is_instance: bool = False
+    strong_view: bool = False
 
     @property
     def test_batch_size(self) -> int:
@@ -131,7 +136,8 @@ def _device_loaders(data: ImageData, options: LoaderOptions, with_index: bool,
     train = DeviceLoader(to_nchw(data.train_images), torch.from_numpy(data.train_labels),
                          batch_size=options.batch_size, shuffle=True, augment=True,
                          flip=data.flip, with_indices=with_index, contrast=sampler,
-                         drop_last=options.drop_last, shard=options.shard(pad=True), **common)
+                         drop_last=options.drop_last, shard=options.shard(pad=True),
+                         strong=options.strong_view, **common)
     test = DeviceLoader(to_nchw(data.test_images), torch.from_numpy(data.test_labels),
                         batch_size=options.test_batch_size, shuffle=False, augment=False,
                         shard=options.shard(pad=False), **common)
@@ -144,10 +150,12 @@ def _torchvision_loaders(data: ImageData, options: LoaderOptions, with_index: bo
     """``loader='torchvision'``: PIL transforms in ``DataLoader`` workers, as the CRD code."""
     pin = torch.device(options.device).type == "cuda" and torch.cuda.is_available()
     size = data.train_images.shape[1]
-    train_set = ArrayImageDataset(
-        data.train_images, data.train_labels,
-        train_transform(data.mean, data.std, flip=data.flip, padding=data.padding, size=size),
-        with_index=with_index, contrast=sampler)
+    transform = train_transform(data.mean, data.std, flip=data.flip, padding=data.padding, size=size)
+    if options.strong_view:
+        transform = TwoViews(transform, StrongTransform(data.mean, data.std, flip=data.flip,
+                                                       padding=data.padding, size=size))
+    train_set = ArrayImageDataset(data.train_images, data.train_labels, transform,
+                                  with_index=with_index, contrast=sampler)
     test_set = ArrayImageDataset(data.test_images, data.test_labels,
                                  test_transform(data.mean, data.std))
     common = dict(seed=options.seed, pin_memory=pin, channels_last=options.channels_last)

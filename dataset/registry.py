@@ -7,12 +7,14 @@ negatives a requested ``k`` yields, its models' input size and which model zoo i
 architectures come from. The functions of :mod:`dataset` ask the spec and never branch on a
 data-set name.
 
-A data set registers itself with :func:`register_dataset` (the three built-in ones below, a new
-one from a file of its own); :func:`dataset_names` and :func:`dataset_spec` read the registry
-when called, so a set registered before the command line is parsed is a ``--dataset`` choice of
-every entry script. Unknown names raise a one-line :class:`helper.errors.UserError` listing the
-known ones. No module outside :mod:`dataset` names a data set (``tests/test_dataset_names.py``);
-the default of ``--dataset`` is :data:`DEFAULT_DATASET`.
+This module is the mechanism only: a data set is one file that registers its spec with
+:func:`register_dataset` (the built-in ones in :mod:`dataset.cifar100`, :mod:`dataset.digits`
+and :mod:`dataset.imagenet`, imported by :mod:`dataset`; a new one from a file of its own, e.g.
+with an entry script's ``--plugin``). :func:`dataset_names` and :func:`dataset_spec` read the
+registry when called, so a set registered before the command line is parsed is a ``--dataset``
+choice of every entry script. Unknown names raise a one-line :class:`helper.errors.UserError`
+listing the known ones. No module outside :mod:`dataset` names a data set
+(``tests/test_dataset_names.py``); the default of ``--dataset`` is :data:`dataset.DEFAULT_DATASET`.
 """
 from __future__ import annotations
 
@@ -22,16 +24,14 @@ from typing import Callable
 
 from torch import Tensor
 
-from dataset import cifar100, digits, imagenet
 from dataset.loaders import LOADER_KINDS, ContrastConfig, Loader, LoaderOptions, Stats
 from helper.errors import UserError
 
 Normalization = tuple[Stats, Stats]
 Loaders = tuple[Loader, Loader, int]
 
-__all__ = ["CIFAR_SCHEDULE", "DEFAULT_DATASET", "IMAGENET_SCHEDULE", "MODEL_ZOOS", "DatasetSpec",
-           "Schedule", "dataset_help", "dataset_names", "dataset_spec", "register_dataset",
-           "requested_k"]
+__all__ = ["MODEL_ZOOS", "DatasetSpec", "Schedule", "dataset_help", "dataset_names", "dataset_spec",
+           "register_dataset", "requested_k"]
 
 #: The model zoos a spec may name (:func:`models.zoo_named`).
 MODEL_ZOOS = ("cifar", "imagenet")
@@ -46,15 +46,7 @@ class Schedule:
     lr_decay_epochs: str
     weight_decay: float
     lr_per_256: float | None = None  # lr = lr_per_256 * batch_size / 256 (None: CRD's 0.05/0.01)
-
-
-#: CIFAR-100 and digits: the CRD benchmark's 240 epochs, batch 64, x0.1 at 150/180/210,
-#: weight decay 5e-4 (learning rate per architecture, RepDistiller's 0.05 / 0.01).
-CIFAR_SCHEDULE = Schedule(epochs=240, batch_size=64, lr_decay_epochs="150,180,210",
-                          weight_decay=5e-4)
-#: ImageNet: 100 epochs, lr 0.1 per 256 images, x0.1 at 30/60/90, weight decay 1e-4.
-IMAGENET_SCHEDULE = Schedule(epochs=100, batch_size=256, lr_decay_epochs="30,60,90",
-                             weight_decay=1e-4, lr_per_256=0.1)
+    dot_delta: float = 0.075  # --dot's momentum spread (DOT's configs: CIFAR-100/Tiny-ImageNet 0.075)
 
 
 def requested_k(k: int, percent: float = 1.0) -> int:
@@ -142,27 +134,3 @@ def dataset_help() -> str:
     return "; ".join(f"{spec.name}: {spec.description}" if spec.description else spec.name
                      for spec in _SPECS.values())
 
-
-register_dataset(DatasetSpec(
-    name="cifar100", classes=cifar100.NUM_CLASSES, stats=(cifar100.MEAN, cifar100.STD),
-    schedule=CIFAR_SCHEDULE, default_loader="device", loaders=cifar100.cifar100_loaders,
-    sample_loaders=cifar100.cifar100_sample_loaders, test_loader=cifar100.cifar100_test_loader,
-    test_split=cifar100.load_cifar100_test, sample_k=requested_k, model_zoo="cifar",
-    train_images=50_000, image_size=32,
-    description="CIFAR-100 (<data_folder>/cifar-100-python/, downloaded when missing)"))
-register_dataset(DatasetSpec(
-    name="digits", classes=digits.NUM_CLASSES, stats=digits.digits_normalization,
-    schedule=CIFAR_SCHEDULE, default_loader="device", loaders=digits.digits_loaders,
-    sample_loaders=digits.digits_sample_loaders, test_loader=digits.digits_test_loader,
-    test_split=digits.load_digits_test, sample_k=digits.digits_sample_k, model_zoo="cifar",
-    image_size=32, description="scikit-learn's bundled digits, offline"))
-register_dataset(DatasetSpec(
-    name="imagenet", classes=imagenet.num_imagenet_classes,
-    stats=(imagenet.IMAGENET_MEAN, imagenet.IMAGENET_STD), schedule=IMAGENET_SCHEDULE,
-    default_loader="torchvision", loaders=imagenet.imagenet_loaders, sample_loaders=None,
-    test_loader=imagenet.imagenet_test_loader, test_split=imagenet.load_imagenet_test_split,
-    sample_k=requested_k, model_zoo="imagenet", image_size=224,
-    description="ImageFolder tree <data_folder>/train/<class>/, <data_folder>/val/<class>/"))
-
-#: The data set of ``--dataset`` when the flag is left out (and of a file that records none).
-DEFAULT_DATASET = "cifar100"

@@ -52,6 +52,17 @@ def test_transform(mean: Sequence[float], std: Sequence[float]) -> transforms.Co
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
+class TwoViews:
+    """Both transforms of one image, as ``[first(img), second(img)]`` (the authors' MultipleApply
+    for MLKD's weak and strong views); a ``DataLoader`` batches it as a list of two tensors."""
+
+    def __init__(self, first, second) -> None:
+        self.first, self.second = first, second
+
+    def __call__(self, img) -> list:
+        return [self.first(img), self.second(img)]
+
+
 class ArrayImageDataset(Dataset):
     """Images (N, H, W, 3) uint8 and labels as PIL images through ``transform``.
 
@@ -162,4 +173,7 @@ class TorchvisionLoader(SeededEpochs):
 
     @staticmethod
     def _to_channels_last(batch):
-        return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        images = batch[0]
+        if isinstance(images, (list, tuple)):  # the (weak, strong) pair
+            return ([x.contiguous(memory_format=torch.channels_last) for x in images], *batch[1:])
+        return (images.contiguous(memory_format=torch.channels_last), *batch[1:])

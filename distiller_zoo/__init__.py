@@ -17,7 +17,9 @@ from .kd import DistillKL, standardize_logits
 from .kdsvd import KDSVD
 from .modules import Connector, ConvReg, Embed, LinearEmbed, Normalize, Paraphraser, Translator
 from .nst import NSTLoss
+from .ofd import OFDLoss
 from .pkt import PKT
+from .reviewkd import ABF, ReviewKDLoss, hcl_loss
 from .rkd import RKDLoss
 from .semckd import MLPEmbed, Proj, SelfA, SemCKDLoss
 from .sp import Similarity
@@ -31,6 +33,7 @@ __all__ = [
     "AliasSampler", "DKDLoss", "HintLoss", "FSP", "FactorTransfer", "DistillKL",
     "standardize_logits", "KDSVD", "NSTLoss", "PKT", "RKDLoss", "Similarity", "VIDLoss",
     "SRRL", "SRRLLoss", "SemCKDLoss", "SelfA", "Proj", "MLPEmbed",
+    "ReviewKDLoss", "ABF", "hcl_loss", "OFDLoss",
     "ConvReg", "Connector", "Embed", "LinearEmbed", "Normalize", "Paraphraser", "Translator",
     "Distiller", "build_method", "method_names", "register_method",
 ]

@@ -24,7 +24,9 @@ from typing import Any, Iterator, Mapping, TypeVar
 
 from dataset import dataset_spec, default_loader, sample_k
 from distiller_zoo.methods import Params, SharedParams, get_method, method_params_classes
+from helper.errors import UserError
 from helper.naming import STUDENT_SAVE_ROOT, run_name_of
+from helper.plugins import recorded_plugins
 from helper.util import dataclass_from_flags, parse_decay_epochs
 from models import zoo_named
 from models.registry import ModelRegistry
@@ -36,6 +38,11 @@ P = TypeVar("P", bound=Params)
 SCHEDULED = ("epochs", "batch_size", "lr_decay_epochs", "weight_decay")
 #: Values a checkpoint's ``config`` records as they are (anything else is left out).
 PLAIN = (str, int, float, bool, list, tuple, type(None))
+#: Fields recorded only when given (``--plugin``, ``--dot`` and its ``dot_delta``): a run
+#: without them records what runs recorded before the flag existed, so their checkpoints,
+#: metrics and ``--print_config`` are unchanged and older checkpoints continue (``--resume``)
+#: as before.
+RECORDED_WHEN_GIVEN = frozenset({"plugin", "dot", "dot_delta"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +151,17 @@ class OptimConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StudentOptim(OptimConfig):
+    """A student's optimization: also DOT (``--dot``, :mod:`engine.dot`: separate momenta for
+    the task and the distillation gradients) and its ``dot_delta`` (None without ``--dot``;
+    when left out, the data set's :class:`dataset.Schedule`'s: the authors' 0.075 for
+    CIFAR-100, 0.09 for ImageNet)."""
+
+    dot: bool
+    dot_delta: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataConfig(Section):
     """The data set, where it lies, and how it is loaded (``loader``: the set's default kind
     when ``--loader`` is left out)."""
@@ -157,8 +175,9 @@ class DataConfig(Section):
 @dataclass(frozen=True, kw_only=True)
 class RunConfig(Section):
     """Everything about running rather than learning: the trial and seed, resuming, progress,
-    the device and processes, and the speed switches (``channels_last``: derived from
-    ``--no_channels_last`` and, once known, the device, see :func:`on_device`)."""
+    the device and processes, the speed switches (``channels_last``: derived from
+    ``--no_channels_last`` and, once known, the device, see :func:`on_device`) and the
+    ``--plugin`` modules imported first (:mod:`helper.plugins`; ``()`` for none)."""
 
     trial: str
     seed: int | None
@@ -173,6 +192,7 @@ class RunConfig(Section):
     compile: bool
     no_channels_last: bool
     channels_last: bool
+    plugin: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +259,7 @@ class StudentConfig(TrainingConfig):
 
     model: StudentModels
     method: MethodConfig
+    optim: StudentOptim
     run: StudentRun
 
     def folders(self) -> dict[str, str]:
@@ -272,7 +293,8 @@ def config_dict(config: TrainingConfig) -> dict[str, Any]:
     """The flat configuration as plain values, with the run's folder names: the ``config``
     entry of every checkpoint (loadable with ``weights_only=True``)."""
     values = {**flat(config), **config.folders()}
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if isinstance(v, PLAIN)}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()
+            if isinstance(v, PLAIN) and (v or k not in RECORDED_WHEN_GIVEN)}
 
 
 def with_section(config: C, section: str, **changes: Any) -> C:
@@ -281,7 +303,8 @@ def with_section(config: C, section: str, **changes: Any) -> C:
 
 
 def optimization_config(flags: Mapping[str, Any], model_name: str, world_size: int = 1,
-                        default_lr: float | None = None) -> OptimConfig:
+                        default_lr: float | None = None, section: type[OptimConfig] = OptimConfig,
+                        **derived: Any) -> OptimConfig:
     """The optimization section: the data set's defaults (its :class:`dataset.Schedule`) for
     the flags left out, and the learning rate.
 
@@ -290,7 +313,8 @@ def optimization_config(flags: Mapping[str, Any], model_name: str, world_size: i
     models registered in the low learning-rate group, :class:`models.registry.ModelFacts`); on
     ImageNet, the linear rule of its schedule (0.1 per 256 images of one process's batch).
     It is one process's rate; the run trains with ``world_size`` times it (linear scaling
-    with the global batch, Goyal et al. 2017) unless ``--no_lr_scale``.
+    with the global batch, Goyal et al. 2017) unless ``--no_lr_scale``. ``section``: the
+    class built (a student's :class:`StudentOptim`), ``derived`` its fields no flag fills.
     """
     spec = dataset_spec(flags["dataset"])
     filled = {key: getattr(spec.schedule, key) if flags[key] is None else flags[key] for key in SCHEDULED}
@@ -301,8 +325,8 @@ def optimization_config(flags: Mapping[str, Any], model_name: str, world_size: i
     elif base_lr is None:
         base_lr = default_lr if default_lr is not None else dataset_zoo(flags["dataset"]).facts(model_name).default_lr
     filled["lr_decay_epochs"] = tuple(parse_decay_epochs(filled["lr_decay_epochs"]))
-    return OptimConfig.from_flags(
-        flags, **filled,
+    return section.from_flags(
+        flags, **filled, **derived,
         base_learning_rate=base_lr, world_size=world_size,
         learning_rate=base_lr if flags["no_lr_scale"] else base_lr * world_size,
         schedule_defaults=frozenset(key for key in SCHEDULED if flags[key] is None))
@@ -315,8 +339,9 @@ def data_config(flags: Mapping[str, Any]) -> DataConfig:
 
 def run_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     """The derived fields of the run section as parsing knows them: channels_last unless
-    ``--no_channels_last`` (the device may still turn it off, :func:`on_device`)."""
-    return {"channels_last": not flags["no_channels_last"]}
+    ``--no_channels_last`` (the device may still turn it off, :func:`on_device`), and the
+    ``--plugin`` modules as a tuple."""
+    return {"channels_last": not flags["no_channels_last"], "plugin": recorded_plugins(flags["plugin"])}
 
 
 def build_teacher_config(flags: Mapping[str, Any], world_size: int = 1) -> TeacherConfig:
@@ -339,10 +364,23 @@ def build_student_config(flags: Mapping[str, Any], world_size: int = 1) -> Stude
                 for key in ("gamma", "alpha", "beta", "kd_T")}
     method = MethodConfig.from_flags(flags, **resolved,
                                      own=tuple(cls.from_flags(flags) for cls in method_params_classes()))
+    optim = optimization_config(flags, flags["model_s"], world_size, recipe.learning_rate, StudentOptim,
+                                dot_delta=dot_delta_of(flags))
     sampling = method.sampling()
     if sampling is not None:
         k = sample_k(flags["dataset"], sampling[0])
         method = method.with_params(method_cls.with_negatives(method.params, k))
     return StudentConfig(model=StudentModels.from_flags(flags), method=method,
-                         optim=optimization_config(flags, flags["model_s"], world_size, recipe.learning_rate),
-                         data=data_config(flags), run=StudentRun.from_flags(flags, **run_flags(flags)))
+                         optim=optim, data=data_config(flags), run=StudentRun.from_flags(flags, **run_flags(flags)))
+
+
+def dot_delta_of(flags: Mapping[str, Any]) -> float | None:
+    """DOT's momentum spread: ``--dot_delta``, else the data set's schedule's (its authors'
+    value); None without ``--dot``, and one line for ``--dot_delta`` given without it."""
+    if not flags["dot"]:
+        if flags["dot_delta"] is not None:
+            raise UserError(f"--dot_delta {flags['dot_delta']:g} sets the momentum spread of --dot, "
+                            "which is off; add --dot or leave --dot_delta out")
+        return None
+    given = flags["dot_delta"]
+    return dataset_spec(flags["dataset"]).schedule.dot_delta if given is None else given

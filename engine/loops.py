@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engine.dot import DistillationOrientedSGD, SplitLoss
 from helper import logging_utils
 from helper.distributed import DistContext
 from helper.errors import UserError
@@ -29,21 +30,30 @@ class NonFiniteLossError(UserError):
 
 @dataclass
 class Batch:
-    """One training batch: images, targets and, for instance/CRD methods, sample indices."""
+    """One training batch: images, targets and, for instance/CRD methods, sample indices; for a
+    method reading a strongly augmented second view of each image (MLKD), that view (``strong``)."""
 
     images: torch.Tensor
     target: torch.Tensor
     index: torch.Tensor | None = None
     contrast_idx: torch.Tensor | None = None
+    strong: torch.Tensor | None = None
+
+
+def _images(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True).float()
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def to_batch(data, device: torch.device, channels_last: bool = False) -> Batch:
-    """Unpack what a loader yields — (x, y), (x, y, idx) or (x, y, idx, contrast_idx) — onto ``device``."""
-    parts = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in data]
-    images = parts[0].float()
-    if channels_last and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return Batch(images, parts[1], *parts[2:4])
+    """Unpack what a loader yields — (x, y), (x, y, idx) or (x, y, idx, contrast_idx), ``x``
+    possibly the pair (weak, strong) — onto ``device``."""
+    views = list(data[0]) if isinstance(data[0], (list, tuple)) else [data[0]]
+    images, *strong = (_images(x, device, channels_last) for x in views)
+    parts = [t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in data[1:]]
+    return Batch(images, parts[0], *parts[1:3], strong=strong[0] if strong else None)
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -70,12 +80,16 @@ def autocast_context(device: torch.device, amp: bool):
 class StepOutput(tuple):
     """What a training step returns: it unpacks as ``(loss, logits)`` and carries the method's
     named loss terms (unweighted, detached; e.g. ``cls``, ``div``, ``kd``) as ``.terms``, which
-    the meters accumulate for TensorBoard. A step may also return a plain ``(loss, logits)``."""
+    the meters accumulate for TensorBoard. A step may also return a plain ``(loss, logits)``.
+    A step for DOT also carries its task and distillation losses apart as ``.split``
+    (:class:`engine.dot.SplitLoss`)."""
 
     def __new__(cls, loss: torch.Tensor, logits: torch.Tensor,
-                terms: Mapping[str, torch.Tensor] | None = None) -> "StepOutput":
+                terms: Mapping[str, torch.Tensor] | None = None,
+                split: "SplitLoss | None" = None) -> "StepOutput":
         out = super().__new__(cls, (loss, logits))
         out.terms = dict(terms or {})
+        out.split = split
         return out
 
 
@@ -186,9 +200,13 @@ def optimize(compute_loss: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     ``scaler`` when given); returns what it returned: ``(loss, logits)``, possibly a
     :class:`StepOutput` with the named terms. A loss with one value per stacked trial
     (:mod:`engine.stacked`) is summed for the backward pass: the trials share no parameter, so
-    each gets the gradient of its own loss."""
+    each gets the gradient of its own loss. DOT's optimizer takes the step's two losses apart
+    (its ``split``; :meth:`engine.dot.DistillationOrientedSGD.backward_and_step`)."""
     with autocast_context(device, amp):
         output = compute_loss()
+    if isinstance(optimizer, DistillationOrientedSGD):
+        optimizer.backward_and_step(output.split, scaler)
+        return output
     loss = output[0]
     total = loss.sum() if loss.dim() else loss
     optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes
 from helper.errors import UserError
 from helper.ranges import TEMPERATURE, WEIGHT, Range
 from helper.util import parse_decay_epochs
-from engine.config import TrainingConfig, config_dict, dataset_zoo
+from engine.config import RECORDED_WHEN_GIVEN, TrainingConfig, config_dict, dataset_zoo
 from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
@@ -124,6 +124,18 @@ def add_optimization_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
 
 
+def add_dot_flags(parser: argparse.ArgumentParser) -> None:
+    """DOT (Zhao et al., ICCV 2023; :mod:`engine.dot`), a student's optimizer option."""
+    group = parser.add_argument_group("DOT: distillation-oriented trainer (Zhao et al., ICCV 2023)")
+    group.add_argument("--dot", action="store_true",
+                       help="train with DOT: SGD whose task gradient (the cls term's) keeps a momentum "
+                            "of --momentum - delta and whose distillation gradient (the div and kd "
+                            "terms') one of --momentum + delta; with any method")
+    group.add_argument("--dot_delta", type=float, default=None, metavar="DELTA",
+                       help="DOT's delta (default: its authors' 0.075 for CIFAR-100, 0.09 for "
+                            "ImageNet); --momentum - delta > 0 and --momentum + delta < 1")
+
+
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", type=str, default=DEFAULT_DATASET, choices=list(dataset_names()),
@@ -188,9 +200,10 @@ def resolved_config(config: TrainingConfig, parser: argparse.ArgumentParser) -> 
     """Every option of ``parser`` after defaults and recipes, as plain JSON values, and the
     run's ``save_folder``. ``learning_rate`` is the rate of one process, as the flag means it
     (under torchrun the run trains with it times the number of processes unless
-    ``--no_lr_scale``)."""
+    ``--no_lr_scale``). A flag recorded only when given (``--plugin``) is left out without it."""
     recorded = config_dict(config)
-    resolved = {name: recorded[name] for name in option_names(parser)}
+    resolved = {name: recorded[name] for name in option_names(parser)
+                if name in recorded or name not in RECORDED_WHEN_GIVEN}
     resolved["learning_rate"] = config.optim.base_learning_rate
     resolved["save_folder"] = recorded["save_folder"]
     return resolved
@@ -223,6 +236,8 @@ FLAG_RANGES: dict[str, Range] = {
     "learning_rate": Range(0, allowed="must be 0 or positive"),
     "weight_decay": Range(0, allowed="must be 0 (none) or positive"),
     "momentum": Range(0, 1, high_open=True, allowed="must lie in [0, 1) (SGD momentum)"),
+    "dot_delta": Range(0, 1, low_open=True, high_open=True,
+                       allowed="must lie in (0, 1) (DOT's momentum spread; without --dot, SGD's one momentum)"),
     "lr_decay_rate": Range(0, 1, low_open=True,
                             allowed="must lie in (0, 1]: the learning rate is multiplied by it at each "
                                     "decay epoch (0.1 divides it by 10; 1 keeps it)"),
@@ -281,6 +296,20 @@ def check_flag_values(values: Mapping[str, Any]) -> None:
     _check_student_blocktype(values)
     _check_negatives(values)
     _check_logit_stand(values)
+    _check_dot(values)
+
+
+def _check_dot(values: Mapping[str, Any]) -> None:
+    """DOT's two momenta, ``--momentum`` minus and plus ``--dot_delta``, must lie in (0, 1), and
+    stacked trials take one step for all, which DOT's two backward passes do not fit."""
+    delta, momentum = values.get("dot_delta"), values.get("momentum")
+    if delta is not None and momentum is not None and not (0 < momentum - delta and momentum + delta < 1):
+        raise UserError(f"--dot_delta {delta:g} with --momentum {momentum:g}: DOT's task momentum "
+                        f"{momentum - delta:g} must be positive and its distillation momentum "
+                        f"{momentum + delta:g} below 1; give a smaller --dot_delta")
+    if values.get("dot") and values.get("trials_mode") == "stacked":
+        raise UserError("--dot takes two backward passes per trial, which stacked trials do not; "
+                        "use --trials_mode shared_teacher (or auto)")
 
 
 def _check_negatives(values: Mapping[str, Any]) -> None:

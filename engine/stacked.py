@@ -36,10 +36,10 @@ from engine.loops import Batch, StepOutput
 def can_stack(method: nn.Module) -> bool:
     """Whether ``method`` can run under ``vmap`` for stacked students: its loss has batching
     rules (``stackable``), it owns no parameters or buffers (nothing per trial to stack) and
-    needs no init stage or sample indices."""
+    needs no init stage, sample indices or strong view."""
     return (method.stackable and not any(True for _ in method.parameters())
             and not any(True for _ in method.buffers())
-            and not method.has_init_stage and not method.needs_index)
+            and not method.has_init_stage and not method.needs_index and not method.needs_strong_view)
 
 
 def _bind(student: nn.Module, stacked: Mapping[str, torch.Tensor], index: int, kind: str) -> None:

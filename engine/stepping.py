@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from engine.distill import DistillStep
+from engine.distill import DistillStep, split_outputs  # noqa: F401  (split_outputs: tests import it here)
 from engine.fit import Member, modules_in_train_mode
 from engine.loops import Batch, StepOutput, autocast_context, optimize
 from engine.stacked import StackedStep, StackedStudents
@@ -58,15 +58,6 @@ class OwnSteps:
         return outputs
 
 
-def split_outputs(feat_t, logit_t: torch.Tensor, sizes: list[int]):
-    """Per-member ``(feat_t, logit_t)`` of teacher outputs computed on the concatenated batches."""
-    logits = logit_t.split(sizes)
-    if feat_t is None:
-        return [(None, logit) for logit in logits]
-    feats = list(zip(*(f.split(sizes) for f in feat_t)))
-    return [(list(f), logit) for f, logit in zip(feats, logits)]
-
-
 @dataclass
 class SharedTeacher:
     """One teacher forward over the batches of all live members, then each member's own
@@ -83,14 +74,14 @@ class SharedTeacher:
     def step(self, members: list[Member], batches: dict[int, Batch], epoch: int,
              amp: bool) -> dict[int, StepOutput]:
         live = list(batches)
-        images = [batches[k].images for k in live]
         teacher_step = self.steps[live[0]]
-        with autocast_context(images[0].device, amp):
-            teacher = teacher_step.teacher_outputs(images[0] if len(images) == 1 else torch.cat(images))
+        with autocast_context(batches[live[0]].images.device, amp):
+            teacher = teacher_step.teacher_for([batches[k] for k in live])
         outputs = {}
-        for k, (feat_t, logit_t) in zip(live, split_outputs(*teacher, [x.size(0) for x in images])):
+        for k, (feat_t, logit_t, strong_t) in zip(live, teacher):
             batch, step, member = batches[k], self.steps[k], members[k]
-            outputs[k] = as_output(optimize(lambda: step.student_loss(batch, feat_t, logit_t, epoch),
+            strong = () if strong_t is None else (strong_t,)  # a strong view's, for a method reading it
+            outputs[k] = as_output(optimize(lambda: step.student_loss(batch, feat_t, logit_t, epoch, *strong),
                                             member.run.optimizer, member.scaler, batch.images.device, amp))
         return outputs
 

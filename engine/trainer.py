@@ -30,7 +30,8 @@ import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
 from distiller_zoo.methods import Params
-from engine.config import MethodConfig, OptimConfig, RunConfig, TrainingConfig, config_dict
+from engine.config import MethodConfig, OptimConfig, RunConfig, StudentOptim, TrainingConfig, config_dict
+from engine.dot import DistillationOrientedSGD
 from helper.checkpoint import (check_fields, describe_mismatch, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state)
 from helper.distributed import DistContext
@@ -40,11 +41,15 @@ from helper.provenance import config_differences, describe_differences
 from models import set_fused
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.SGD:
+def make_optimizer(params: Iterable[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum and weight decay, as the CRD code: the fused kernel for CUDA
     parameters, the multi-tensor (foreach) one elsewhere (``optim``: an
-    :class:`engine.config.OptimConfig`, or anything with its three fields)."""
+    :class:`engine.config.OptimConfig`, or anything with its three fields); a student's
+    ``--dot``: DOT's SGD (:class:`engine.dot.DistillationOrientedSGD`)."""
     params = list(params)
+    if isinstance(optim, StudentOptim) and optim.dot:
+        return DistillationOrientedSGD(params, lr=optim.learning_rate, momentum=optim.momentum,
+                                       delta=optim.dot_delta, weight_decay=optim.weight_decay)
     on_cuda = bool(params) and all(p.is_cuda for p in params)
     kernel = {"fused": True} if on_cuda else {"foreach": True}
     return torch.optim.SGD(params, lr=optim.learning_rate, momentum=optim.momentum,
@@ -113,8 +118,9 @@ class Progress:
 NOT_RESULT_FIELDS = frozenset({"path_t", "data_folder", "num_workers", "learning_rate",
                                "base_learning_rate", "world_size", "schedule_defaults"})
 #: The fields of the run section (how a run is carried out: device, processes, speed switches,
-#: logging, resuming) that do decide what it computes.
-RUN_RESULT_FIELDS = ("trial", "seed")
+#: logging, resuming) that do decide what it computes (``plugin``: the modules whose
+#: registrations it used; compared where the checkpoint records it).
+RUN_RESULT_FIELDS = ("trial", "seed", "plugin")
 
 
 def used_params(method: MethodConfig) -> list[Params]:

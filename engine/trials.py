@@ -80,11 +80,12 @@ def stepping_for(parts: list[TrialParts], mode: str, device: torch.device,
     'auto' on CUDA, for a method :func:`can_stack` accepts) the students stacked
     (:class:`Stacked`, each trial's optimizer a :class:`TrialOptimizer` slice of the stack's,
     the stack's grad scaler for ``amp``);
-    else :class:`SharedTeacher` (each trial its own SGD over student and method). One trial
-    is the shared-teacher stepping of one member. The trials differ only in trial and seed,
+    else, and always with ``--dot`` (two backward passes per trial), :class:`SharedTeacher`
+    (each trial its own SGD over student and method). One trial is the shared-teacher
+    stepping of one member. The trials differ only in trial and seed,
     so the first one's configuration says the method and the optimization of all."""
     method, config = parts[0].method, parts[0].config
-    if not stacks(mode, method, device, len(parts), config.method.distill):
+    if config.optim.dot or not stacks(mode, method, device, len(parts), config.method.distill):
         optimizers = [make_optimizer((p for m in trainable(part) for p in m.parameters()), part.config.optim)
                       for part in parts]
         return SharedTeacher([part.step for part in parts]), optimizers
@@ -107,7 +108,7 @@ def stacks(mode: str, method: torch.nn.Module, device: torch.device, n: int, nam
     if not can_stack(method):
         if mode == "stacked":
             raise UserError(f"--trials_mode stacked needs a method without parameters, buffers, init "
-                            f"stage or sample indices whose loss vmap can batch; --distill "
+                            f"stage, sample indices or strong view whose loss vmap can batch; --distill "
                             f"{name} is not one: use --trials_mode shared_teacher")
         return False
     return mode == "stacked" or device.type == "cuda"  # auto: measured slower on CPU (engine.stacked)

@@ -6,9 +6,11 @@ A student run is saved in ``save/student_model/<name>`` with (KDrefine's ``train
 
 where ``gamma``/``alpha``/``beta`` are the ``-r``/``-a``/``-b`` loss weights printed as Python
 prints floats (``-b 0`` gives ``0.0``). A student trained with a block type other than the
-default AMBB adds it after the method, ``..._<distill>_t_<blocktype>_r_...``, and a run with
-``--logit_stand`` adds ``_ls`` (``..._dkd_ls_r_...``), so that runs differing in block type or
-logit standardization never share a folder (default runs keep the original name).
+default AMBB adds it after the method, ``..._<distill>_t_<blocktype>_r_...``, a run with
+``--logit_stand`` adds ``_ls`` (``..._dkd_ls_r_...``) and one with ``--dot`` (the
+distillation-oriented trainer) ``_dot`` after it (``..._kd_dot_r_...``, ``..._kd_ls_dot_r_...``),
+so that runs differing in block type, logit standardization or trainer never share a folder
+(default runs keep the original name).
 
 A teacher checkpoint lives in a folder whose name starts
 with the teacher's architecture (``resnet56_vanilla``, ``wrn_40_2_cifar100_lr_0.05_...``).
@@ -31,6 +33,7 @@ METRICS_FILE = "test_last_metrics.json"
 DEFAULT_BLOCKTYPE = "AMBB"
 _BLOCKTYPE_TAIL = re.compile(r"_t_(?P<blocktype>[A-Za-z0-9]+)$")
 LOGIT_STAND_TAG = "_ls"
+DOT_TAG = "_dot"
 _WEIGHTS_AND_TRIAL = re.compile(
     r"_r_(?P<gamma>[^_]+)_a_(?P<alpha>[^_]+)_b_(?P<beta>[^_]+)_(?P<trial>[^_]+)$")
 
@@ -87,15 +90,15 @@ def format_weight(value: float | str) -> str:
 
 #: The settings a student run's folder name is made of (:func:`student_run_name`).
 RUN_NAME_KEYS = ("model_s", "model_t", "dataset", "distill", "gamma", "alpha", "beta", "trial",
-                 "blocktype", "logit_stand")
+                 "blocktype", "logit_stand", "dot")
 
 
 def student_run_name(*, model_s: str, model_t: str, dataset: str, distill: str,
                      gamma: float | str, alpha: float | str, beta: float | str, trial: str,
-                     blocktype: str = DEFAULT_BLOCKTYPE, logit_stand: bool = False) -> str:
-    """Folder name of a student run (see the module docstring): the default block type (AMBB)
-    and no logit standardization keep the original format."""
-    method = distill + (LOGIT_STAND_TAG if logit_stand else "")
+                     blocktype: str = DEFAULT_BLOCKTYPE, logit_stand: bool = False, dot: bool = False) -> str:
+    """Folder name of a student run (see the module docstring): the default block type (AMBB),
+    no logit standardization and no DOT keep the original format."""
+    method = distill + (LOGIT_STAND_TAG if logit_stand else "") + (DOT_TAG if dot else "")
     if blocktype != DEFAULT_BLOCKTYPE:
         method += f"_t_{blocktype}"
     return "S_{}_T_{}_{}_{}_r_{}_a_{}_b_{}_{}".format(
@@ -105,7 +108,7 @@ def student_run_name(*, model_s: str, model_t: str, dataset: str, distill: str,
 
 def run_name_of(settings: Any) -> str:
     """:func:`student_run_name` of a mapping or an object holding :data:`RUN_NAME_KEYS`
-    (``blocktype`` and ``logit_stand`` may be absent: AMBB, off)."""
+    (``blocktype``, ``logit_stand`` and ``dot`` may be absent: AMBB, off, off)."""
     values = settings if isinstance(settings, dict) else vars(settings)
     return student_run_name(**{key: values[key] for key in RUN_NAME_KEYS if key in values})
 
@@ -115,7 +118,8 @@ def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[
 
     Returns ``{'model_s', 'model_t', 'dataset', 'distill', 'blocktype', 'gamma', 'alpha',
     'beta', 'trial'}`` with float weights, the trial as a string and the block type AMBB when
-    the name carries none; a name with the ``_ls`` tag adds ``'logit_stand': True``. Student
+    the name carries none; a name with the ``_ls`` tag adds ``'logit_stand': True``, one with
+    the ``_dot`` tag ``'dot': True``. Student
     and teacher are matched against
     ``known_models`` (longest first); without a match, the student ends at the first ``_T_``
     and the dataset and method are the last two ``_``-separated words before ``_r_``.
@@ -135,6 +139,8 @@ def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[
     block_tail = _BLOCKTYPE_TAIL.search(head)
     if block_tail is not None:
         blocktype, head = block_tail.group("blocktype"), head[:block_tail.start()]
+    dot = head.endswith(DOT_TAG)
+    head = head.removesuffix(DOT_TAG)
     logit_stand = head.endswith(LOGIT_STAND_TAG)
     head = head.removesuffix(LOGIT_STAND_TAG)
     known = list(known_models)
@@ -153,4 +159,4 @@ def parse_student_run_name(name: str, known_models: Iterable[str] = ()) -> dict[
     model_t, dataset, distill = parts
     parsed = {"model_s": model_s, "model_t": model_t, "dataset": dataset, "distill": distill,
               "blocktype": blocktype, **weights, "trial": tail.group("trial")}
-    return {**parsed, "logit_stand": True} if logit_stand else parsed
+    return {**parsed, **({"logit_stand": True} if logit_stand else {}), **({"dot": True} if dot else {})}

@@ -86,8 +86,10 @@ class ShuffleNet(nn.Module):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        """Not defined for ShuffleNet (as in the original): the AB method cannot use it."""
-        raise NotImplementedError('ShuffleNet currently is not supported for "Overhaul" teacher')
+        """The last unit's ``bn3`` per stage: its output plus the identity shortcut is the
+        pre-activation ``feat[1:-1]`` (every stage ends in a stride-1 unit). The original left
+        this undefined (no OFD/AB teacher); it is the ResNets' rule (the BN before the add)."""
+        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3)]
 
     def forward(self, x: Tensor, is_feat: bool = False, preact: bool = False):
         """Logits, or ``([f0, f1, f2, f3, pooled], logits)`` with ``is_feat``.

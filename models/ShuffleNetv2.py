@@ -117,7 +117,8 @@ class ShuffleNetV2(nn.Module):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
-        """Not defined for ShuffleNetV2 (as in the original): the AB method cannot use it."""
+        """Not defined for ShuffleNetV2 (as in the original): half of a stage's pre-activation
+        feature is the untouched split, which no BN precedes, so no BN describes the whole."""
         raise NotImplementedError('ShuffleNetV2 currently is not supported for "Overhaul" teacher')
 
     def forward(self, x: Tensor, is_feat: bool = False, preact: bool = False):

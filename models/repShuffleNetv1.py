@@ -96,7 +96,9 @@ class RepShuffleNet(nn.Module):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self) -> list[nn.Module]:
-        raise NotImplementedError('ShuffleNet currently is not supported for "Overhaul" teacher')
+        """The last unit's ``bn3`` per stage (a plain BN in train and deploy form), as
+        :meth:`models.ShuffleNetv1.ShuffleNet.get_bn_before_relu`."""
+        return [stage[-1].bn3 for stage in (self.layer1, self.layer2, self.layer3)]
 
     def forward(self, x: torch.Tensor, is_feat: bool = False, preact: bool = False):
         out = F.relu(self.bn1(self.conv1(x)))

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_student  # noqa: E402
 from dataset import get_dataloaders, get_sample_dataloaders, num_classes  # noqa: E402
 from dataset.synthetic import FAKE_DATASET, write_fake_cifar100  # noqa: E402
-from distiller_zoo import method_names  # noqa: E402
+from distiller_zoo import get_method, method_names  # noqa: E402
 from distiller_zoo.methods import DEFAULT_METHOD  # noqa: E402
 from engine.config import StudentConfig  # noqa: E402
 from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
@@ -46,7 +46,7 @@ from engine.options import counted  # noqa: E402
 from engine.trainer import Run  # noqa: E402
 from engine.trials import TrialParts, stepping_for  # noqa: E402
 from helper.distributed import DistContext  # noqa: E402
-from helper.errors import exit_on_user_error  # noqa: E402
+from helper.errors import UserError, exit_on_user_error  # noqa: E402
 from helper.util import resolve_device  # noqa: E402
 from models import build_model, check_model_name, is_rep_model  # noqa: E402
 
@@ -117,7 +117,8 @@ def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device,
         k, mode = sampling
         train_loader, _, n_data = get_sample_dataloaders(FAKE_DATASET, k=k, mode=mode, **loader_kw)
     else:
-        train_loader, _, n_data = get_dataloaders(FAKE_DATASET, **loader_kw)
+        strong = get_method(mopt.method.distill).needs_strong_view  # MLKD's weak/strong pair
+        train_loader, _, n_data = get_dataloaders(FAKE_DATASET, strong_view=strong, **loader_kw)
     torch.manual_seed(seed)
     n_cls = num_classes(FAKE_DATASET)
     extra = {"fused": "auto" if fast else False} if is_rep_model(opt.student) else {}
@@ -130,11 +131,33 @@ def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device,
     return TrialParts(mopt, student, method, step, Steps(train_loader))
 
 
+def calibrated(teacher: torch.nn.Module, batch_size: int, device: torch.device,
+               batches: int = 4) -> torch.nn.Module:
+    """``teacher`` with its BatchNorm running statistics set from a few batches of standard-normal
+    images (the scale of normalized data): a randomly initialized teacher in eval mode otherwise
+    keeps mean 0 / variance 1 statistics whose activations grow layer by layer, and a method
+    whose loss is sensitive to the logits' scale (CTKD's learned temperature) goes NaN."""
+    norms = [m for m in teacher.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    teacher.train()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(batches):
+            teacher(torch.randn(batch_size, 3, 32, 32, generator=generator).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return teacher
+
+
 def run_path(opt: argparse.Namespace, data_folder: str, device: torch.device, fast: bool, trials: int = 1) -> dict:
     """Build one path (``trials`` students for ``--trials``); time ``opt.steps`` steps."""
     torch.manual_seed(0)
     channels_last = fast
-    teacher = freeze(build_model(opt.teacher, num_classes=num_classes(FAKE_DATASET)).to(device))
+    teacher = freeze(calibrated(build_model(opt.teacher, num_classes=num_classes(FAKE_DATASET)).to(device),
+                                opt.batch_size, device))
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     parts = [build_trial(opt, data_folder, device, fast, teacher, seed=k) for k in range(trials)]
@@ -160,6 +183,10 @@ def run_path(opt: argparse.Namespace, data_folder: str, device: torch.device, fa
         torch.cuda.reset_peak_memory_stats(device)
     timed(opt.warmup)
     seconds = timed(opt.steps)
+    failed = [member.failure for member in members if member.failure is not None]
+    if failed:
+        raise UserError(f"benchmark of --distill {opt.distill}: {failed[0]}; no figure reported "
+                        "(a step that stopped is not a step)")
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {"img_s": trials * opt.steps * opt.batch_size / seconds, "peak_mem_mb": peak}

@@ -16,8 +16,11 @@ before anything runs.
 
 Jobs go through submitit: ``--executor local`` runs them as local jobs, one per GPU
 (``CUDA_VISIBLE_DEVICES``) or ``--max_parallel`` at a time on the CPU; ``--executor slurm``
-submits one job array. A job that is preempted or reaches its time limit is requeued by
-submitit (``checkpoint()``) and continues with ``--resume`` from the run's ``_last.pth``.
+submits one job array, a job of several nodes or GPUs running ``torchrun`` on each node with
+the address and port of submitit's distributed environment. A job that is preempted or reaches
+its time limit is requeued by submitit (``checkpoint()``) and continues with ``--resume`` from
+the run's ``_last.pth``. A job is one run, or with ``--pack_trials`` the unfinished trials of a
+cell trained together (``train_student.py --trials N``: one teacher forward for all).
 
 Re-running the same command submits only what is unfinished (what :mod:`scripts.run_trials`
 decides for a trial: a ``test_last_metrics.json`` whose recorded configuration matches is
@@ -28,13 +31,18 @@ left alone) and never a cell whose job is still queued or running. Jobs are reco
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import cloudpickle
 import submitit
@@ -46,15 +54,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_student  # noqa: E402
 from dataset import DEFAULT_DATASET  # noqa: E402
 from distiller_zoo import method_names  # noqa: E402
+from engine.trials import trial_configs  # noqa: E402
 from helper.checkpoint import load_checkpoint  # noqa: E402
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
 from helper.run_folder import process_alive  # noqa: E402
-from scripts.run_trials import SKIP, TeacherHashes, Trial, decide  # noqa: E402
+from scripts.run_trials import (RESUME, SKIP, TeacherHashes, Trial, base_seed,  # noqa: E402
+                                decide, with_trial)
+from scripts.summarize import main as summarize_runs  # noqa: E402
 
-PROGRAM = ("python", "train_student.py")
-TABLE_KEYS = {"name", "dataset", "trials", "teachers", "flags", "rows", "columns", "cells"}
-COLUMN_KEYS = {"distill", "flags", "student"}
+PROGRAM = ("python", "train_student.py")  # what --dry_run prints: the line a user types
+#: what a job runs (the folder the table was started in need not be the repository's)
+TRAIN_STUDENT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "train_student.py")
+TABLE_KEYS = {"name", "title", "dataset", "trials", "teachers", "flags", "rows", "columns", "cells"}
+COLUMN_KEYS = {"distill", "flags", "student", "source"}
 ROW_KEYS = {"teacher", "student", "rep"}
+CELL_KEYS = {"flags", "source", "skip"}
+SKIPPED = "skip"
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING",
           "SUSPENDED", "UNKNOWN", "READY"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -66,10 +82,13 @@ FOREVER_MIN = 60 * 24 * 365  # local jobs have no time limit
 @dataclass(frozen=True)
 class Table:
     """An experiment file, checked: rows ``"T -> S"`` with their teacher, plain and rep student;
-    columns with their ``--distill``, flags and which student; per-cell flags or ``skip``."""
+    columns with their ``--distill``, flags, which student and where their values come from;
+    per-cell flags or ``skip`` (``cells``) and where each comes from, or why it is skipped
+    (``sources``)."""
 
     path: str
     name: str
+    title: str
     dataset: str
     trials: int
     teachers: str
@@ -77,6 +96,33 @@ class Table:
     rows: dict[str, dict]
     columns: dict[str, dict]
     cells: dict[tuple[str, str], str]
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def skipped(self, row: str, column: str) -> bool:
+        return self.cells.get((row, column), "").strip() == SKIPPED
+
+    def student(self, row: str, column: str) -> str:
+        """The student a cell trains: the row's plain one, or its ``rep`` for a rep column."""
+        name = self.rows[row].get("rep") if self.columns[column].get("student") == "rep" \
+            else self.rows[row]["student"]
+        if not name:
+            raise UserError(f"{self.path}: column {column} trains the rep student, but row {row} "
+                            "names no 'rep'")
+        return name
+
+    def cell_flags(self, row: str, column: str) -> tuple[str, ...] | None:
+        """The ``train_student.py`` flags of a cell, less ``--path_t`` and ``--trial`` (None for
+        a skipped cell): student, method, data set, then the column's, the cell's and the
+        table's flags."""
+        if self.skipped(row, column):
+            return None
+        column_def = self.columns[column]
+        return ("--model_s", self.student(row, column), "--distill", column_def["distill"],
+                "--dataset", self.dataset, *_split(column_def.get("flags"), column),
+                *_split(self.cells.get((row, column), ""), row), *self.flags)
+
+    def teacher_path(self, row: str) -> str:
+        return self.teachers.replace("{t}", self.rows[row]["teacher"])
 
 
 @dataclass(frozen=True)
@@ -117,6 +163,12 @@ def _mapping(value: object, where: str, keys: set[str] | None = None) -> dict:
     return value
 
 
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise UserError(f"{where} must be text, got {value!r}")
+    return str(value)
+
+
 def _rows(raw: object, path: str) -> dict[str, dict]:
     if not isinstance(raw, list) or not raw:
         raise UserError(f"{path}: 'rows' must be a non-empty list of {{teacher: T, student: S}}")
@@ -125,7 +177,10 @@ def _rows(raw: object, path: str) -> dict[str, dict]:
         row = _mapping(row, f"{path}: row {k}", ROW_KEYS)
         if not all(isinstance(row.get(key), str) for key in ("teacher", "student")):
             raise UserError(f"{path}: row {k} needs 'teacher' and 'student' names")
-        rows[f"{row['teacher']} -> {row['student']}"] = row
+        name = f"{row['teacher']} -> {row['student']}"
+        if name in rows:
+            raise UserError(f"{path}: row {k} repeats the row {name}")
+        rows[name] = row
     return rows
 
 
@@ -141,11 +196,31 @@ def _columns(raw: object, path: str) -> dict[str, dict]:
         if column.get("student", "plain") not in ("plain", "rep"):
             raise UserError(f"{path}: column {name}: 'student' is plain or rep")
         _split(column.get("flags"), f"{path}: column {name} flags")
+        if "source" in column:
+            _text(column["source"], f"{path}: column {name} source")
     return {str(name): column for name, column in columns.items()}
 
 
-def _cells(raw: object, path: str, rows: dict, columns: dict) -> dict[tuple[str, str], str]:
-    cells = {}
+def _cell(value: object, where: str) -> tuple[str, str]:
+    """A cell's flags (or ``skip``) and its source (or why it is skipped): a string of flags,
+    ``skip``, ``{flags: ..., source: ...}`` or ``{skip: why}``."""
+    if not isinstance(value, dict):
+        _split(value, where)
+        return str(value), ""
+    value = _mapping(value, where, CELL_KEYS)
+    if "skip" in value:
+        if set(value) != {"skip"}:
+            raise UserError(f"{where}: a skipped cell has only 'skip: <why>'")
+        return SKIPPED, _text(value["skip"], f"{where} skip")
+    if "flags" not in value:
+        raise UserError(f"{where}: give 'flags' (and 'source'), or 'skip: <why>'")
+    _split(value["flags"], where)
+    return str(value["flags"]), _text(value.get("source", ""), f"{where} source")
+
+
+def _cells(raw: object, path: str, rows: dict, columns: dict
+           ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]:
+    cells, sources = {}, {}
     for row, by_column in _mapping(raw or {}, f"{path}: 'cells'").items():
         if row not in rows:
             raise UserError(f"{path}: cells: no row {row!r} (rows: {', '.join(rows)})")
@@ -153,9 +228,11 @@ def _cells(raw: object, path: str, rows: dict, columns: dict) -> dict[tuple[str,
             if column not in columns:
                 raise UserError(f"{path}: cells: {row}: no column {column!r} (columns: "
                                 f"{', '.join(columns)})")
-            _split(value, f"{path}: cells: {row}: {column}")
-            cells[(row, str(column))] = str(value)
-    return cells
+            flags, source = _cell(value, f"{path}: cells: {row}: {column}")
+            cells[(row, str(column))] = flags
+            if source:
+                sources[(row, str(column))] = source
+    return cells, sources
 
 
 def read_yaml(path: str) -> dict:
@@ -185,28 +262,26 @@ def load_table(path: str, teachers: str | None = None) -> Table:
                         "teacher's name")
     rows, columns = _rows(raw.get("rows"), path), _columns(raw.get("columns"), path)
     name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
-    return Table(path, str(name), str(raw.get("dataset", DEFAULT_DATASET)), trials, pattern,
-                 _split(raw.get("flags"), f"{path}: flags"), rows, columns,
-                 _cells(raw.get("cells"), path, rows, columns))
+    cells, sources = _cells(raw.get("cells"), path, rows, columns)
+    return Table(path, str(name), _text(raw.get("title", name), f"{path}: title"),
+                 str(raw.get("dataset", DEFAULT_DATASET)), trials, pattern,
+                 _split(raw.get("flags"), f"{path}: flags"), rows, columns, cells, sources)
 
 
 def expand(table: Table) -> list[Cell]:
-    """Every run of the table, row by row, column by column, trial by trial."""
+    """Every run of the table, row by row, column by column, trial by trial. Trial ``i`` gets
+    ``--trial i`` and, when the cell's flags give ``--seed S``, ``--seed S+i-1``: the trials,
+    seeds and folders of ``scripts/run_trials.py`` and of ``train_student.py --trials``."""
     out = []
-    for row_name, row in table.rows.items():
-        for col_name, column in table.columns.items():
-            extra = table.cells.get((row_name, col_name), "")
-            if extra.strip() == "skip":
+    for row in table.rows:
+        for column in table.columns:
+            flags = table.cell_flags(row, column)
+            if flags is None:
                 continue
-            student = row.get("rep") if column.get("student") == "rep" else row["student"]
-            if not student:
-                raise UserError(f"{table.path}: column {col_name} trains the rep student, but "
-                                f"row {row_name} names no 'rep'")
-            base = ("--path_t", table.teachers.replace("{t}", row["teacher"]),
-                    "--model_s", student, "--distill", column["distill"],
-                    "--dataset", table.dataset, *_split(column.get("flags"), col_name),
-                    *_split(extra, row_name), *table.flags)
-            out += [Cell(row_name, col_name, t, base + ("--trial", str(t)))
+            base = ["--path_t", table.teacher_path(row), *flags]
+            seed = base_seed(base)
+            out += [Cell(row, column, t, tuple(with_trial(base, t, None if seed is None
+                                                          else seed + t - 1)))
                     for t in range(1, table.trials + 1)]
     return out
 
@@ -230,20 +305,35 @@ class Plan:
         return os.path.basename(os.path.normpath(self.trial.run_folder))
 
 
-def resolved(cell: Cell, teachers: dict[str, object]) -> dict:
-    """What ``train_student.py <cell> --print_config`` prints, computed in this process (the
-    teacher file, when there, read once for its recorded architecture)."""
+def trial_configs_of(args: list[str], label: str, teachers: dict[str, object]) -> list[dict]:
+    """What ``train_student.py ARGS --print_config`` resolves, computed in this process, for
+    each trial the command trains (one, or N with ``--trials N``); the teacher file, when
+    there, read once for its recorded architecture. A flag the parser refuses is one line
+    naming the cell (``label``) and what the parser said."""
+    refused = io.StringIO()
     try:
-        config = train_student.parse_option(list(cell.args))
+        try:
+            with contextlib.redirect_stderr(refused):
+                config = train_student.parse_option(list(args))
+        finally:  # warnings of a parse that went through reach the terminal
+            if not isinstance(sys.exc_info()[1], SystemExit):
+                sys.stderr.write(refused.getvalue())
         path = config.model.path_t
         if path not in teachers:
             teachers[path] = load_checkpoint(path) if os.path.isfile(path) else None
-        return train_student.student_config(train_student.with_teacher(config, teachers[path]))
+        config = train_student.with_teacher(config, teachers[path])
+        return [train_student.student_config(c) for c in trial_configs(config)]
     except UserError as err:
-        raise UserError(f"cell {cell.label}: {err}") from None
+        raise UserError(f"cell {label}: {err}") from None
     except SystemExit:
-        raise UserError(f"cell {cell.label}: train_student.py refuses its flags "
-                        f"{shlex.join(cell.args)} (message above)") from None
+        said = " ".join(refused.getvalue().split()).removeprefix("error: ") or "no message"
+        raise UserError(f"cell {label}: train_student.py refuses its flags: {said} (flags: "
+                        f"{shlex.join(args)})") from None
+
+
+def resolved(cell: Cell, teachers: dict[str, object]) -> dict:
+    """What ``train_student.py <cell> --print_config`` prints (:func:`trial_configs_of`)."""
+    return trial_configs_of(list(cell.args), cell.label, teachers)[0]
 
 
 def plan(cells: list[Cell]) -> list[Plan]:
@@ -263,6 +353,83 @@ def plan(cells: list[Cell]) -> list[Plan]:
     return plans
 
 
+# ----------------------------------------------------------------------------- packing
+
+def packs(cells: list[Cell], actions: list[str]) -> list[list[int]]:
+    """``cells`` (by index) in packs: consecutive trials of one cell that share an action."""
+    out: list[list[int]] = []
+    for k, (cell, action) in enumerate(zip(cells, actions)):
+        if out:
+            last = out[-1][-1]
+            prev = cells[last]
+            if ((prev.row, prev.column, prev.trial + 1, actions[last])
+                    == (cell.row, cell.column, cell.trial, action)):
+                out[-1].append(k)
+                continue
+        out.append([k])
+    return out
+
+
+def packed_args(cells: list[Cell], action: str = "run") -> list[str]:
+    """The flags of one job that trains ``cells`` (consecutive trials of one cell): the first
+    trial's, with ``--trials N`` for several (:mod:`engine.trials`: trial ``t+k`` is the run
+    of ``--trial t+k``, seed ``S+k``). Resumed together, they step one by one
+    (``--trials_mode shared_teacher``), as their checkpoints may be of different epochs,
+    which stacked trials cannot continue."""
+    args = list(cells[0].args)
+    if len(cells) == 1:
+        return args
+    args += ["--trials", str(len(cells))]
+    given = any(a == "--trials_mode" or a.startswith("--trials_mode=") for a in args)
+    return args + (["--trials_mode", "shared_teacher"] if action == RESUME and not given else [])
+
+
+@dataclass
+class Unit:
+    """What one job runs: one run, or with ``--pack_trials`` the consecutive trials of a cell
+    that share an action, trained together by ``train_student.py --trials N``."""
+
+    plans: list[Plan]
+
+    @property
+    def action(self) -> str:
+        return self.plans[0].trial.action
+
+    @property
+    def key(self) -> str:
+        return self.plans[0].key
+
+    @property
+    def label(self) -> str:
+        first, last = self.plans[0].cell, self.plans[-1].cell
+        if len(self.plans) == 1:
+            return first.label
+        return f"{first.row} / {first.column} / trials {first.trial}-{last.trial}"
+
+    @property
+    def args(self) -> list[str]:
+        return packed_args([p.cell for p in self.plans], self.action)
+
+
+def units(plans: list[Plan], pack: bool) -> list[Unit]:
+    """One unit per run, or with ``pack`` per pack of :func:`packs`, each checked: the trials
+    ``train_student.py --trials N`` would train are the plans' own, folder for folder
+    (engine.trials refuses what it cannot train together: that is one line naming the cell)."""
+    if not pack:
+        return [Unit([p]) for p in plans]
+    out, teachers = [], {}
+    for group in packs([p.cell for p in plans], [p.trial.action for p in plans]):
+        unit = Unit([plans[k] for k in group])
+        if len(group) > 1:
+            folders = [c["save_folder"] for c in trial_configs_of(unit.args, unit.label, teachers)]
+            if folders != [p.trial.run_folder for p in unit.plans]:
+                raise UserError(f"cell {unit.label}: train_student.py --trials would save to "
+                                f"{', '.join(folders)}, not to the runs' folders; run without "
+                                "--pack_trials")
+        out.append(unit)
+    return out
+
+
 # ----------------------------------------------------------------------------- jobs
 
 def last_log_line(path: str) -> str:
@@ -276,17 +443,39 @@ def last_log_line(path: str) -> str:
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
-class CellJob(submitit.helpers.Checkpointable):
-    """One cell's ``train_student.py`` process as a submitit job, its output appended to
-    ``log_path``. ``action``: run, resume or overwrite (:mod:`scripts.run_trials`). When the job
-    is preempted or times out, submitit calls :meth:`checkpoint`, which requeues the same cell
-    with ``--resume`` (``--overwrite`` when it stopped before its first ``_last.pth``). Nothing
-    of the project is imported at run time (the job is pickled by value)."""
+def die_with_parent() -> None:
+    """In a job's training process, before it starts (``preexec_fn``): on Linux, SIGTERM when
+    the job's process ends (``prctl(PR_SET_PDEATHSIG)``), so that a job that submitit cancels
+    (SIGINT, then SIGKILL) leaves no training behind that would hold its run folders."""
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    def __init__(self, command: list[str], action: str, last_path: str, log_path: str,
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """One job's ``train_student.py`` process (one run, or the packed trials of one cell) as a
+    submitit job, its output appended to ``log_path``. ``action``: run, resume or overwrite
+    (:mod:`scripts.run_trials`); ``last_paths``: the ``_last.pth`` of each run it trains. When
+    the job is preempted or times out, submitit calls :meth:`checkpoint`, which requeues the
+    same command with ``--resume`` (``--overwrite`` when it stopped before every run had its
+    first ``_last.pth``). A job of several nodes or GPUs runs one task per node, each starting
+    ``torchrun`` (``python -m torch.distributed.run``) with its node's rank and the master
+    address and port of submitit's :class:`~submitit.helpers.TorchDistributedEnvironment`;
+    node ``k > 0`` logs to ``<log>.node<k>``. Nothing of the project is imported at run time
+    (the job is pickled by value)."""
+
+    def __init__(self, command: list[str], action: str, last_paths: list[str], log_path: str,
                  cwd: str, nodes: int = 1, gpus: int = 1):
-        self.command, self.action, self.last_path = list(command), action, last_path
+        self.command, self.action, self.last_paths = list(command), action, list(last_paths)
         self.log_path, self.cwd, self.nodes, self.gpus = log_path, cwd, nodes, gpus
+
+    @property
+    def distributed(self) -> bool:
+        return self.nodes * self.gpus > 1
 
     def final_command(self) -> list[str]:
         """The command as it runs: ``python`` of this interpreter, the action's flag, and under
@@ -295,32 +484,38 @@ class CellJob(submitit.helpers.Checkpointable):
         if command[0] == "python":
             command[0] = sys.executable
         if self.action == "resume":
-            command.append("--resume" if os.path.isfile(os.path.join(self.cwd, self.last_path))
-                           else "--overwrite")
+            every = all(os.path.isfile(os.path.join(self.cwd, p)) for p in self.last_paths)
+            command.append("--resume" if every else "--overwrite")
         elif self.action == "overwrite":
             command.append("--overwrite")
-        if self.nodes * self.gpus > 1 and len(command) > 1 and command[1].endswith(".py"):
+        if self.distributed and len(command) > 1 and command[1].endswith(".py"):
             env = submitit.JobEnvironment()
+            master = submitit.helpers.TorchDistributedEnvironment()
             command[1:1] = ["-m", "torch.distributed.run", "--nnodes", str(self.nodes),
                             "--nproc_per_node", str(self.gpus), "--node_rank", str(env.node),
-                            "--master_addr", env.hostnames[0], "--master_port",
-                            str(20000 + int("".join(filter(str.isdigit, env.job_id)) or 0) % 20000)]
+                            "--master_addr", master.master_addr,
+                            "--master_port", str(master.master_port)]
         return command
 
+    def node_log(self) -> str:
+        """This task's log: ``log_path``, or ``<log_path>.node<k>`` on node ``k > 0``."""
+        node = submitit.JobEnvironment().node if self.distributed else 0
+        return self.log_path if node == 0 else f"{self.log_path}.node{node}"
+
     def __call__(self) -> str:
-        command = self.final_command()
-        os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as log:
+        command, log_path = self.final_command(), self.node_log()
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log:
             log.write(f"[run_table] {shlex.join(command)}\n")
             log.flush()
             code = subprocess.run(command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                                  check=False).returncode
+                                  check=False, preexec_fn=die_with_parent).returncode
         if code != 0:
-            raise RuntimeError(f"exit {code}: {last_log_line(self.log_path)}")
-        return self.log_path
+            raise RuntimeError(f"exit {code}: {last_log_line(log_path)}")
+        return log_path
 
     def resumed(self) -> CellJob:
-        return CellJob(self.command, "resume", self.last_path, self.log_path, self.cwd,
+        return CellJob(self.command, RESUME, self.last_paths, self.log_path, self.cwd,
                        self.nodes, self.gpus)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -346,12 +541,15 @@ class JobBook:
             raise UserError(f"cannot read {self.path} ({err}); move it away (the cells' "
                             "job states are then unknown)") from None
 
-    def log_path(self, plan: Plan) -> str:
-        return os.path.join(self.folder, "logs", plan.key + ".log")
+    def log_path(self, unit: Unit) -> str:
+        """The job's output: ``logs/<run folder name of its first run>.log``."""
+        return os.path.join(self.folder, "logs", unit.key + ".log")
 
-    def record(self, plans: list[Plan], **entry) -> None:
-        for plan in plans:
-            self.jobs[plan.key] = dict(entry, log=self.log_path(plan))
+    def record(self, units: list[Unit], **entry) -> None:
+        """Record ``entry`` (and the log) as the job of every run of ``units``."""
+        for unit in units:
+            for plan in unit.plans:
+                self.jobs[plan.key] = dict(entry, log=self.log_path(unit))
         os.makedirs(self.folder, exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -365,13 +563,15 @@ def _alive(pid: object) -> bool:
 
 
 def job_state(entry: dict, book: JobBook) -> str:
-    """queued, running, completed (exit 0) or ended (failed, cancelled, lost), for a recorded
-    job."""
+    """queued, running, completed (exit 0), cancelled (by an interrupt of the local executor)
+    or ended (failed, cancelled on SLURM, lost), for a recorded job."""
     if entry.get("executor") == "slurm":
         job = submitit.SlurmJob(os.path.join(book.folder, "submitit"), str(entry.get("job_id")))
         state = job.state.split()[0].upper() if job.state else "UNKNOWN"
         return "queued" if state in QUEUED else "running" if state in RUNNING else \
             "completed" if state == "COMPLETED" else "ended"
+    if entry.get("outcome") == "cancelled":
+        return "cancelled"
     if entry.get("job_id") is None:
         return "queued" if _alive(entry.get("owner")) else "ended"
     if _alive(entry.get("pid")) and "outcome" not in entry:
@@ -394,6 +594,9 @@ def assess(plans: list[Plan], book: JobBook) -> None:
             plan.record = entry
             if state == "completed":  # the job ended well, but its metrics are gone
                 plan.state, plan.detail = "missing", plan.trial.reason
+            elif state == "cancelled":
+                plan.state = "missing"
+                plan.detail = "interrupted" + (f"; {plan.trial.reason}" if plan.trial.reason else "")
             elif state == "ended":
                 line = last_log_line(entry.get("log", ""))
                 plan.state, plan.detail = "failed", line or "(no output)"
@@ -403,10 +606,10 @@ def assess(plans: list[Plan], book: JobBook) -> None:
 
 # ----------------------------------------------------------------------------- executors
 
-def cell_job(plan: Plan, book: JobBook, program: tuple[str, ...], nodes: int = 1,
+def cell_job(unit: Unit, book: JobBook, program: tuple[str, ...], nodes: int = 1,
              gpus: int = 1) -> CellJob:
-    return CellJob(plan.cell.command(program), plan.trial.action, plan.trial.last_path,
-                   book.log_path(plan), os.getcwd(), nodes, gpus)
+    return CellJob([*program, *unit.args], unit.action, [p.trial.last_path for p in unit.plans],
+                   book.log_path(unit), os.getcwd(), nodes, gpus)
 
 
 def local_slots(gpus: str | None, max_parallel: int) -> list[int | None]:
@@ -423,46 +626,79 @@ def local_slots(gpus: str | None, max_parallel: int) -> list[int | None]:
     return list(ids) if ids else [None] * max_parallel
 
 
-def run_local(plans: list[Plan], book: JobBook, slots: list[int | None],
-              program: tuple[str, ...], poll_s: float = 0.2) -> list[Plan]:
-    """Run the cells as submitit local jobs, one per slot at a time; return the failed ones."""
+def run_local(todo: list[Unit], book: JobBook, slots: list[int | None],
+              program: tuple[str, ...], poll_s: float = 0.2) -> list[Unit]:
+    """Run the jobs as submitit local jobs, one per slot at a time; return the failed ones."""
     executor = submitit.LocalExecutor(folder=os.path.join(book.folder, "submitit"))
     executor.update_parameters(timeout_min=FOREVER_MIN)
-    book.record(plans, executor="local", job_id=None, owner=os.getpid())
-    pending, free, running, failed = list(plans), list(slots), {}, []
+    book.record(todo, executor="local", job_id=None, owner=os.getpid())
+    pending, free, running, failed = list(todo), list(slots), {}, []
     try:
         while pending or running:
             while pending and free:
-                plan, slot = pending.pop(0), free.pop(0)
-                gpus = {"gpus_per_node": 0} if slot is None else \
-                    {"gpus_per_node": 1, "visible_gpus": [slot]}
-                executor.update_parameters(**gpus)
-                job = executor.submit(cell_job(plan, book, program))
-                book.record([plan], executor="local", job_id=job.job_id, pid=int(job.job_id))
-                print(f"[run_table] started {plan.cell.label}"
-                      f"{'' if slot is None else f' on GPU {slot}'}: {book.log_path(plan)}",
+                with interrupts_deferred():  # a job started is a job recorded
+                    unit, slot = pending.pop(0), free.pop(0)
+                    gpus = {"gpus_per_node": 0} if slot is None else \
+                        {"gpus_per_node": 1, "visible_gpus": [slot]}
+                    executor.update_parameters(**gpus)
+                    job = executor.submit(cell_job(unit, book, program))
+                    running[job] = (unit, slot)
+                    book.record([unit], executor="local", job_id=job.job_id, pid=int(job.job_id))
+                print(f"[run_table] started {unit.label}"
+                      f"{'' if slot is None else f' on GPU {slot}'}: {book.log_path(unit)}",
                       flush=True)
-                running[job] = (plan, slot)
             ended = [job for job in running if job.done()]
             for job in ended:
-                plan, slot = running.pop(job)
-                free.append(slot)
-                error = job.exception()
-                book.record([plan], **dict(book.jobs[plan.key], outcome="failed" if error else "done"))
-                print(f"[run_table] {'FAILED' if error else 'done'} {plan.cell.label}"
-                      f"{': ' + last_log_line(book.log_path(plan)) if error else ''}", flush=True)
-                failed += [plan] if error else []
+                with interrupts_deferred():
+                    unit, slot = running.pop(job)
+                    free.append(slot)
+                    error = job.exception()
+                    book.record([unit], **dict(book.jobs[unit.key],
+                                               outcome="failed" if error else "done"))
+                print(f"[run_table] {'FAILED' if error else 'done'} {unit.label}"
+                      f"{': ' + last_log_line(book.log_path(unit)) if error else ''}", flush=True)
+                failed += [unit] if error else []
             if not ended:
                 time.sleep(poll_s)
-    finally:
-        for job in running:  # only on an interrupt or error: stop what is still training
-            job.cancel(check=False)
+    finally:  # left only on an interrupt or error: stop what is still training
+        stop_jobs(running, pending, book)
     return failed
 
 
-def submit_slurm(plans: list[Plan], book: JobBook, args: argparse.Namespace,
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) during the block takes effect when the block is done, so that the job
+    book never misses a job that was started (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(signal.SIGINT, None)
+
+
+def stop_jobs(running: dict, pending: list[Unit], book: JobBook, wait_s: float = 15.0) -> None:
+    """Cancel the running jobs (submitit sends SIGINT, then SIGKILL, to their processes), wait
+    for them to end, and record them and the jobs that never started as cancelled: their runs
+    are missing again (an interrupted one continues with ``--resume`` next time)."""
+    for job in running:
+        job.cancel(check=False)
+    deadline = time.monotonic() + wait_s
+    while any(not job.done() for job in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for unit in [unit for unit, _ in running.values()] + pending:
+        book.record([unit], **dict(book.jobs.get(unit.key, {}), outcome="cancelled"))
+
+
+def submit_slurm(todo: list[Unit], book: JobBook, args: argparse.Namespace,
                  program: tuple[str, ...], name: str) -> list[str]:
-    """Submit the cells as one SLURM job array (submitit); returns the job ids."""
+    """Submit the jobs as one SLURM job array (submitit): one task per node, each with
+    ``--gpus_per_job`` GPUs (torchrun across them, :class:`CellJob`); returns the job ids."""
     try:
         executor = submitit.SlurmExecutor(folder=os.path.join(book.folder, "submitit"),
                                           max_num_timeout=args.max_requeues)
@@ -480,14 +716,14 @@ def submit_slurm(plans: list[Plan], book: JobBook, args: argparse.Namespace,
     jobs = []
     try:
         with executor.batch():
-            for plan in plans:
-                jobs.append(executor.submit(cell_job(plan, book, program, args.nodes,
+            for unit in todo:
+                jobs.append(executor.submit(cell_job(unit, book, program, args.nodes,
                                                      max(1, args.gpus_per_job))))
     except (submitit.core.utils.FailedSubmissionError, OSError) as err:
         raise UserError(f"sbatch refused the table's jobs: {str(err).strip().splitlines()[-1]}") \
             from None
-    for plan, job in zip(plans, jobs):
-        book.record([plan], executor="slurm", job_id=job.job_id)
+    for unit, job in zip(todo, jobs):
+        book.record([unit], executor="slurm", job_id=job.job_id)
     return [job.job_id for job in jobs]
 
 
@@ -514,18 +750,20 @@ def published_dataset() -> str | None:
 
 
 def summarize(table: Table, plans: list[Plan], book: JobBook) -> int:
-    """scripts/summarize.py on the table's save folders (results.csv and results.png in the
+    """scripts/summarize.py (in this process) on the table's save folders (results.csv and results.png in the
     state folder); a partial table is summarized too, and said so."""
     done = sum(p.state == "done" for p in plans)
     if done < len(plans):
         print(f"partial table: {done} of {len(plans)} runs done", flush=True)
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "summarize.py")
     code = 0
     for folder in sorted({os.path.dirname(os.path.normpath(p.trial.run_folder)) for p in plans}):
         extra = ["--published"] if table.dataset == published_dataset() else []
         stem = os.path.join(book.folder, "results")
-        code |= subprocess.run([sys.executable, script, folder, "--csv", stem + ".csv",
-                                "--png", stem + ".png", *extra], check=False).returncode
+        try:
+            code |= summarize_runs([folder, "--csv", stem + ".csv", "--png", stem + ".png",
+                                    *extra]) or 0
+        except SystemExit as stop:  # its one-line error is printed
+            code |= 1 if stop.code is None else int(stop.code)
     return code
 
 
@@ -546,9 +784,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="teacher path pattern, {t} the teacher's name (default: the file's)")
     parser.add_argument("--state_dir", default=None,
                         help="jobs.json, logs and submitit files (default save/tables/<name>)")
+    parser.add_argument("--pack_trials", action="store_true",
+                        help="one job trains a cell's unfinished trials together "
+                             "(train_student.py --trials N: one teacher forward for all; "
+                             "students stacked where the method allows, on CUDA)")
     parser.add_argument("--program", default=None,
-                        help="run this instead of 'python train_student.py' (a stand-in for "
-                             "tests; --dry_run and the plans use train_student.py's flags)")
+                        help="run this instead of 'python <repository>/train_student.py' (a "
+                             "stand-in for tests; --dry_run and the plans use train_student.py's "
+                             "flags)")
     group = parser.add_argument_group("local executor")
     group.add_argument("--gpus", default=None,
                        help="GPU ids, one run per GPU (default: every visible GPU; '' for CPU)")
@@ -557,7 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--partition", default=None)
     group.add_argument("--account", default=None)
     group.add_argument("--time", type=int, default=24 * 60, help="minutes per job")
-    group.add_argument("--gpus_per_job", type=int, default=1)
+    group.add_argument("--gpus_per_job", type=int, default=1,
+                       help="GPUs per node of a job (several: torchrun across them)")
     group.add_argument("--cpus_per_job", type=int, default=None)
     group.add_argument("--nodes", type=int, default=1, help="nodes per job (torchrun across them)")
     group.add_argument("--array_parallelism", type=int, default=64,
@@ -572,32 +816,49 @@ def run_cells(plans: list[Plan], book: JobBook, args: argparse.Namespace, table:
     for plan in plans:
         if plan.state == "conflict":
             print(f"warning: not run: {plan.cell.label}: {plan.conflict}", file=sys.stderr)
-    todo = [p for p in plans if p.state in ("missing", "failed")]
+    todo = units([p for p in plans if p.state in ("missing", "failed")], args.pack_trials)
+    runs = sum(len(u.plans) for u in todo)
     busy = sum(p.state in ("queued", "running") for p in plans)
-    print(f"[run_table] {len(todo)} of {len(plans)} runs to start ({busy} queued or running, "
+    jobs = f" in {len(todo)} jobs" if len(todo) != runs else ""
+    print(f"[run_table] {runs} of {len(plans)} runs to start{jobs} ({busy} queued or running, "
           f"{sum(p.state == 'done' for p in plans)} done)", flush=True)
-    program = tuple(shlex.split(args.program)) if args.program else PROGRAM
+    program = tuple(shlex.split(args.program)) if args.program else (PROGRAM[0], TRAIN_STUDENT)
     conflicts = any(p.state == "conflict" for p in plans)
     if not todo:
         return int(conflicts)
     if args.executor == "slurm":
         ids = submit_slurm(todo, book, args, program, table.name)
-        print(f"[run_table] submitted {len(ids)} runs: {ids[0]} .. {ids[-1]}", flush=True)
+        print(f"[run_table] submitted {len(ids)} jobs: {ids[0]} .. {ids[-1]}", flush=True)
         return int(conflicts)
     failed = run_local(todo, book, local_slots(args.gpus, args.max_parallel), program)
     return int(bool(failed) or conflicts)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """One line for flags that cannot go together."""
+    if args.max_parallel < 1 or args.nodes < 1 or args.array_parallelism < 1:
+        raise UserError("--max_parallel, --nodes and --array_parallelism must be at least 1")
+    if args.pack_trials and args.executor == "slurm" and args.nodes * max(1, args.gpus_per_job) > 1:
+        raise UserError("--pack_trials trains a cell's trials in one process, and a job of "
+                        "several GPUs or nodes runs under torchrun; leave out --pack_trials, or "
+                        "give each job one GPU (--nodes 1 --gpus_per_job 1)")
+
+
+def dry_run(cells: list[Cell], pack: bool) -> None:
+    """The ``train_student.py`` command of every job, one a line."""
+    groups = packs(cells, ["run"] * len(cells)) if pack else [[k] for k in range(len(cells))]
+    for group in groups:
+        print(shlex.join([*PROGRAM, *packed_args([cells[k] for k in group])]))
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.max_parallel < 1 or args.nodes < 1 or args.array_parallelism < 1:
-        raise UserError("--max_parallel, --nodes and --array_parallelism must be at least 1")
+    check_args(args)
     table = load_table(args.experiment, args.teachers)
     cells = expand(table)
     if args.dry_run:
-        for cell in cells:
-            print(shlex.join(cell.command()))
+        dry_run(cells, args.pack_trials)
         return 0
     plans = plan(cells)
     book = JobBook(os.path.abspath(args.state_dir or os.path.join("save", "tables", table.name)))

@@ -58,7 +58,7 @@ LOG_FILE = "run_trials.log"
 # the ones it keeps as given).
 CHECKPOINT_KEYS = ("model_s", "model_t", "dataset", "distill", "blocktype", "gamma", "alpha",
                    "beta", "kd_T", "epochs", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
-                   "weight_decay", "momentum", "batch_size", "trial")
+                   "weight_decay", "momentum", "batch_size", "trial", "plugin", "dot", "dot_delta")
 SKIP, RUN, RESUME, OVERWRITE = "skip", "run", "resume", "overwrite"
 
 

@@ -4,15 +4,15 @@
         [--published] [--include_unfinished]
 
 Collects every ``test_last_metrics.json`` below the folder and prints a Markdown table: one row
-per method (with its block type when not AMBB, ``ls`` with logit standardization, and its
-weights when a method was run with several), one column per ``teacher → student`` pair
+per method (with its block type when not AMBB, ``ls`` with logit standardization, ``dot``
+with DOT, and its weights when a method was run with several), one column per ``teacher → student`` pair
 (prefixed by the data set when there are several), cells ``mean ± std (n)`` with 2 decimals,
 where std is the sample standard deviation (ddof=1) over the n trials and is shown as ``—``
 for a single trial (it is undefined there).
 
 What a run is comes from its record, not from its folder's name: the configuration the metrics
 file records (``config``, the run's ``--print_config``; the teacher by the sha256 of its file).
-A folder whose name (``S_<student>_T_<teacher>_<dataset>_<method>[_ls][_t_<blocktype>]_r_<r>_a_
+A folder whose name (``S_<student>_T_<teacher>_<dataset>_<method>[_ls][_dot][_t_<blocktype>]_r_<r>_a_
 <a>_b_<b>_<trial>``) is not the name its record gives is left out with a warning line. Files
 without that record (the original code's, older versions') are read by their folder's name
 alone and their cells marked ``†``.
@@ -42,7 +42,8 @@ no metrics file, stopped by Ctrl-C, a kill or a NaN loss (their epoch read from
 ``--csv`` writes one row per cell (numeric columns); ``--png`` a bar chart at paper width, one
 panel per pair (needs matplotlib); ``--published`` prints the published accuracy beside each
 cell with our difference to it, from ``scripts/published_results.json`` (KDrefine README;
-CRD Tables 1-2).
+CRD Tables 1-2; the DKD, DOT, CTKD and logit-standardization READMEs), each run beside the
+numbers published with (or without) its ``--logit_stand`` and ``--dot``.
 """
 from __future__ import annotations
 
@@ -122,10 +123,10 @@ class Run:
 
     @property
     def identity(self) -> tuple:
-        """What names the run, but the trial: data set, pair, method, weights, blocks, ls."""
+        """What names the run, but the trial: data set, pair, method, weights, blocks, ls, dot."""
         n = self.name
         return (n["dataset"], n["model_t"], n["model_s"], n["distill"], n["gamma"], n["alpha"],
-                n["beta"], n["blocktype"], bool(n.get("logit_stand", False)))
+                n["beta"], n["blocktype"], bool(n.get("logit_stand", False)), bool(n.get("dot", False)))
 
 
 @dataclass
@@ -318,7 +319,7 @@ def _bad_setting(key: str, value: Any, kind: str) -> ValueError:
 
 def recorded_name(config: dict[str, Any]) -> dict[str, Any]:
     """The naming settings of a recorded configuration (:data:`NAME_TEXT_KEYS`, the weights,
-    ``logit_stand``); ``ValueError`` when one is missing or not of its kind."""
+    ``logit_stand``, ``dot``); ``ValueError`` when one is missing or not of its kind."""
     name: dict[str, Any] = {"blocktype": DEFAULT_BLOCKTYPE}
     for key in NAME_TEXT_KEYS:
         value = config.get(key, name.get(key, ABSENT))
@@ -332,10 +333,11 @@ def recorded_name(config: dict[str, Any]) -> dict[str, Any]:
         name[key] = _finite(value)
         if name[key] is None:
             raise _bad_setting(key, value, "a finite number")
-    stand = config.get("logit_stand", False)
-    if not isinstance(stand, bool):
-        raise _bad_setting("logit_stand", stand, "true or false")
-    name["logit_stand"] = stand
+    for key in ("logit_stand", "dot"):  # dot: absent from records older than --dot
+        flag = config.get(key, False)
+        if not isinstance(flag, bool):
+            raise _bad_setting(key, flag, "true or false")
+        name[key] = flag
     return name
 
 
@@ -561,9 +563,18 @@ class PublishedResults:
                 k += 1
         return k
 
+    def fits(self, table_id: str, logit_stand: bool, dot: bool) -> bool:
+        """Whether table ``table_id`` holds runs made like these: a table with
+        ``"logit_stand": true`` (``"dot": true``) holds runs with ``--logit_stand`` (``--dot``)
+        only, the others runs without."""
+        table = self.tables[table_id]
+        return bool(table.get("logit_stand", False)) == logit_stand and bool(table.get("dot", False)) == dot
+
     def lookup(self, dataset: str, teacher: str, student: str, method: str,
-               blocktype: str, metric: str = "test_acc") -> Published | None:
-        """The published number of a cell, if any.
+               blocktype: str, metric: str = "test_acc", logit_stand: bool = False,
+               dot: bool = False) -> Published | None:
+        """The published number of a cell, if any, from the tables that :meth:`fits` its
+        ``logit_stand`` and ``dot``.
 
         KDrefine's own row was measured with the re-parameterizable (AMBB) students: a
         ``kdrefine`` run matches it only with a rep student in AMBB form. The other methods were
@@ -577,12 +588,14 @@ class PublishedResults:
         plain = self.rep_students.get(student)
         rep_table = self.rep_rows.get(method)
         if rep_table is not None:
-            if plain is None or blocktype != DEFAULT_BLOCKTYPE:
+            if plain is None or blocktype != DEFAULT_BLOCKTYPE or not self.fits(rep_table, logit_stand, dot):
                 return None
             value = self.values[rep_table].get((teacher, plain, method))
             return None if value is None else Published(value, rep_table)
         # the tables of plain students first: a table with a rep-only row repeats their numbers
         for table_id in sorted(self.tables, key=lambda t: t in self.rep_rows.values()):
+            if not self.fits(table_id, logit_stand, dot):
+                continue
             value = self.values.get(table_id, {}).get((teacher, plain or student, method))
             if value is not None:
                 return Published(value, table_id, plain)
@@ -619,10 +632,10 @@ def _group_runs(runs: list[Run]) -> dict[tuple, list[tuple[bool, list[Run]]]]:
 
 def _row_identity(identity: tuple, weights_per_method: dict[str, set[str]]) -> tuple[str, list[str]]:
     """The method of an identity and what its row label adds: ``ls`` with logit
-    standardization, the block type when not AMBB, the weights when the method was run with
-    several."""
-    dataset, model_t, model_s, method, gamma, alpha, beta, blocktype, stand = identity
-    parts = ["ls"] if stand else []
+    standardization, ``dot`` with DOT, the block type when not AMBB, the weights when the
+    method was run with several."""
+    dataset, model_t, model_s, method, gamma, alpha, beta, blocktype, stand, dot = identity
+    parts = (["ls"] if stand else []) + (["dot"] if dot else [])
     parts += [] if blocktype == DEFAULT_BLOCKTYPE else [f"t={blocktype}"]
     if len(weights_per_method[method]) > 1:
         parts.append(_weights({"gamma": gamma, "alpha": alpha, "beta": beta}))
@@ -694,7 +707,7 @@ def build_table(collection: Collection, include_unfinished: bool = False,
     col_keys: dict[str, tuple] = {}
     order = (lambda *pair: 0) if published is None else published.pair_rank
     for identity, groups in subgroups.items():
-        dataset, model_t, model_s, method, gamma, alpha, beta, blocktype, _ = identity
+        dataset, model_t, model_s, method, gamma, alpha, beta, blocktype, stand, dot = identity
         _, parts = _row_identity(identity, weights_per_method)
         has_checked = any(ok for ok, _ in groups)
         for ok, members in groups:
@@ -721,7 +734,7 @@ def build_table(collection: Collection, include_unfinished: bool = False,
                     "method": method, "blocktype": blocktype, "gamma": gamma, "alpha": alpha,
                     "beta": beta, "setting": setting}
             pub = None if published is None else published.lookup(
-                dataset, model_t, model_s, method, blocktype, metric)
+                dataset, model_t, model_s, method, blocktype, metric, stand, dot)
             cells[row, col] = Cell([r.value for r in members], ok,
                                    sum(not r.finished for r in members), info, pub)
     return Table(sorted(row_keys, key=row_keys.get), sorted(col_keys, key=col_keys.get), cells,

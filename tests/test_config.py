@@ -84,5 +84,6 @@ def test_config_dict_is_the_recorded_flat_configuration():
     assert recorded["lr_decay_epochs"] == [150, 180, 210] and "schedule_defaults" not in recorded
     assert recorded["model_name"] == "resnet8_digits_lr_0.05_decay_0.0005_trial_0"
     assert recorded["save_folder"] == "save/models/" + recorded["model_name"]
-    assert set(recorded) == set(field_names(config)) - {"schedule_defaults"} | {"model_name", "save_folder",
-                                                                               "tb_folder"}
+    # --plugin is recorded only when given (tests/test_plugins.py)
+    assert set(recorded) == set(field_names(config)) - {"schedule_defaults", "plugin"} | {"model_name", "save_folder",
+                                                                                         "tb_folder"}

@@ -56,7 +56,8 @@ def test_schedules_and_zoos():
                                           lr_per_256=None)
     assert D.IMAGENET_SCHEDULE == D.Schedule(epochs=100, batch_size=256,
                                              lr_decay_epochs="30,60,90", weight_decay=1e-4,
-                                             lr_per_256=0.1)
+                                             lr_per_256=0.1, dot_delta=0.09)
+    assert D.CIFAR_SCHEDULE.dot_delta == 0.075  # DOT's (mdistiller's configs)
     expected = {"cifar100": (D.CIFAR_SCHEDULE, "cifar", "device"),
                 "digits": (D.CIFAR_SCHEDULE, "cifar", "device"),
                 "imagenet": (D.IMAGENET_SCHEDULE, "imagenet", "torchvision")}

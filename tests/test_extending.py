@@ -1,11 +1,11 @@
 """The README's "Extending" section runs as printed: a new distillation method, a new model, a
-new block type and a new data set, each registered from a file of its own and used through a
-launcher script.
+new block type and a new data set, each registered from a file of its own and used end to end
+through the entry scripts' ``--plugin`` (training, ``convert.py`` with ``--onnx``, ``validation.py``).
 
 Every fenced block of the section follows a marker ``<!-- example: NAME -->``: ``NAME.py`` blocks
 are written to a folder under that name, ``NAME.sh`` blocks are run there by bash, line by line
 as printed (``python`` is this interpreter, with its packages in a venv too; the entry scripts are
-linked into the folder, the repository is on ``PYTHONPATH``). The registries are process-global,
+linked into the folder, as if it were the repository root). The registries are process-global,
 so everything runs in subprocesses.
 """
 import json
@@ -77,13 +77,24 @@ def test_python_of_the_examples_is_this_interpreter_with_its_packages(tmp_path):
     assert out.stdout.strip() == sys.prefix, out.stdout + out.stderr
 
 
-def test_section_has_the_three_examples():
+def test_section_has_the_four_examples():
     names = set(examples())
-    assert {"my_method.py", "train_emse.py", "method.sh", "my_model.py", "check_model.py",
-            "train_tinycnn.py", "model.sh", "my_block.py", "check_block.py", "train_dual.py",
-            "block.sh", "my_dataset.py", "with_digits01.py", "dataset.sh"} <= names
+    assert {"my_method.py", "method.sh", "my_model.py", "check_model.py", "model.sh", "my_block.py",
+            "check_block.py", "block.sh", "my_dataset.py", "dataset.sh"} <= names
     section = extending_section()
     assert "-t DUAL" in section  # how a user selects the new block type
+    for plugin, script in (("my_method", "method.sh"), ("my_model", "model.sh"),
+                           ("my_block", "block.sh"), ("my_dataset", "dataset.sh")):
+        assert f"--plugin {plugin}" in examples()[script], (plugin, script)
+
+
+def accuracy_of(stdout: str) -> float:
+    """The accuracy of validation.py's last line."""
+    return float(stdout.split("accuracy: ")[-1].split()[0])
+
+
+def checkpoint_config(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["config"]
 
 
 @pytest.mark.slow
@@ -98,31 +109,43 @@ def test_new_method_trains_one_epoch_on_digits(tmp_path):
     assert math.isfinite(metrics["test_acc"])
     assert metrics["config"]["distill"] == "emse"
     assert metrics["config"]["emse_normalize"] == 0  # the flag given reached the run
+    assert metrics["config"]["plugin"] == ["my_method"]  # and the plugin is recorded
+    assert checkpoint_config(folders[0] / "resnet8_last.pth")["plugin"] == ["my_method"]
 
 
 @pytest.mark.slow
-def test_new_model_builds_and_trains_as_teacher(tmp_path):
+def test_new_model_trains_as_teacher_and_validates(tmp_path):
     out = run_example(tmp_path, "model.sh")
     assert "(2, 100)" in out.stdout
     folder = tmp_path / "save" / "models" / "tinycnn_digits_lr_0.05_decay_0.0005_trial_0"
-    assert (folder / "tinycnn_last.pth").is_file()
     assert (folder / "ckpt_epoch_1.pth").is_file()
+    assert checkpoint_config(folder / "tinycnn_last.pth")["plugin"] == ["my_model"]
+    assert "data set digits (recorded in" in out.stdout
+    assert 0 <= accuracy_of(out.stdout) <= 100
 
 
 @pytest.mark.slow
-def test_new_block_type_converts_exactly(tmp_path):
+def test_new_block_type_trains_converts_and_validates(tmp_path):
     out = run_example(tmp_path, "block.sh")
     assert "DUAL converts exactly" in out.stdout
-    help_line = next(line for line in out.stdout.splitlines() if "--blocktype" in line)
-    assert "DUAL" in help_line, out.stdout
+    folder = tmp_path / "save" / "student_model" / "S_represnet8_T_resnet8_digits_kd_t_DUAL_r_0.1_a_0.9_b_0.0_1"
+    config = checkpoint_config(folder / "represnet8_last.pth")
+    assert (config["blocktype"], config["plugin"]) == ("DUAL", ["my_block"])
+    assert "block type DUAL" in out.stdout  # convert.py rebuilt the recorded block type
+    with open(folder / "test_last_metrics.json") as f:
+        trained = json.load(f)["test_acc"]
+    # the deploy form scores what the train form did (within two of the 360 test images)
+    assert accuracy_of(out.stdout) == pytest.approx(trained, abs=0.6)
 
 
 @pytest.mark.slow
-def test_new_dataset_trains_and_validates(tmp_path):
-    """The data set from its own file: a one-epoch teacher, then validation.py on the data set
-    the checkpoint records (convert.py's ONNX size: tests/test_dataset_names.py, in process)."""
+def test_new_dataset_trains_validates_and_exports(tmp_path):
+    """The data set from its own file: a one-epoch teacher, then validation.py and convert.py
+    --onnx on the data set the checkpoint records (the ONNX input size from the spec:
+    tests/test_dataset_names.py, in process)."""
     out = run_example(tmp_path, "dataset.sh")
     path = tmp_path / "save" / "models" / "resnet8_digits01_lr_0.05_decay_0.0005_trial_0" / "resnet8_last.pth"
-    assert torch.load(path, map_location="cpu", weights_only=False)["config"]["dataset"] == "digits01"
+    assert checkpoint_config(path)["dataset"] == "digits01"
     assert "data set digits01 (recorded in" in out.stdout
-    assert math.isfinite(float(out.stdout.split("accuracy: ")[-1].split()[0]))
+    assert math.isfinite(accuracy_of(out.stdout))
+    assert (tmp_path / "resnet8_digits01.onnx").stat().st_size > 0

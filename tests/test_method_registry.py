@@ -15,6 +15,7 @@ from distiller_zoo.methods import (METHODS, Distiller, Params, SampleFlags, buil
                                    method_flag_ranges, method_names, method_params_classes, register_method)
 from engine.options import FLAG_RANGES, check_flag_values
 from helper.errors import UserError
+from helper.ranges import Range
 from scripts import method_table
 from tests.test_architecture import parse, project_files
 
@@ -129,3 +130,22 @@ def test_readme_methods_table_is_generated_from_the_registry():
     for name in method_names():
         assert method_table.row(name) in readme
         assert get_method(name).paper and get_method(name).loss_classes, name
+
+
+def test_readme_method_flags_are_generated_from_the_registry():
+    """The "Flags:" paragraph under the methods table is what ``scripts/method_table.py`` makes
+    of the methods' ``Params`` declarations: every method's own flag with its default."""
+    with open(method_table.README, encoding="utf-8") as fh:
+        readme = fh.read()
+    assert method_table.with_flags(readme) == readme, "run python scripts/method_table.py --write"
+    paragraph = method_table.flags_paragraph()
+    for cls in method_params_classes():
+        for f in fields(cls):
+            assert f"`--{f.name} " in paragraph, f.name
+
+
+def test_flag_ranges_read_as_written():
+    assert method_table.bounds(Range(1, 65536)) == "1..65536"
+    assert method_table.bounds(Range(0, 1, high_open=True)) == "[0, 1)"
+    assert method_table.bounds(Range(0, low_open=True)) == "> 0"
+    assert method_table.bounds(Range(1)) == ">= 1"

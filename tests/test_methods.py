@@ -76,6 +76,8 @@ def make_opt(**kw) -> argparse.Namespace:
     base = dict(kd_T=4.0, feat_dim=16, nce_k=8, nce_t=0.07, nce_m=0.5, mode="exact", hint_layer=2,
                 logit_stand=False, init_epochs=1, epochs=2, batch_size=BATCH, dkd_alpha=1.0,
                 dkd_beta=8.0, dkd_T=4.0, dkd_warmup=20)
+    for params_class in dz.methods.method_params_classes():  # the other methods' flags: their defaults
+        base.update({f.name: f.default for f in fields(params_class) if f.name not in base})
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -94,8 +96,8 @@ def build(name: str, widths=SAME_WIDTHS, opt=None, seed: int = 0):
     probe = torch.randn(2, 3, IMG, IMG)
     student.eval()
     with torch.no_grad():
-        feat_s, _ = student(probe, is_feat=True, preact=method_cls.needs_preact)
-        feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.needs_preact)
+        feat_s, _ = student(probe, is_feat=True, preact=method_cls.preact_for(teacher=False))
+        feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.preact_for(teacher=True))
     method = dz.build_method(name, opt or make_opt(), student, teacher, feat_s, feat_t, N_DATA)
     return student, teacher, method
 
@@ -113,8 +115,8 @@ def data(step: int):
 def step_terms(student, teacher, method, step: int, epoch: int = 1) -> dict[str, torch.Tensor]:
     images, target, index, contrast_idx = data(step)
     with torch.no_grad():
-        feat_t, logit_t = teacher(images, is_feat=True, preact=method.needs_preact)
-    feat_s, logit_s = student(images, is_feat=True, preact=method.needs_preact)
+        feat_t, logit_t = teacher(images, is_feat=True, preact=method.preact_for(teacher=True))
+    feat_s, logit_s = student(images, is_feat=True, preact=method.preact_for(teacher=False))
     return method(feat_s, logit_s, feat_t, logit_t, target, epoch, index=index,
                   contrast_idx=contrast_idx)
 
@@ -173,7 +175,8 @@ def test_method_trains(name):
     method.train()
     for step in range(2):
         terms = step_terms(student, teacher, method, step)
-        assert set(terms) == {"cls", "div", "kd"}
+        assert {"cls", "div", "kd"} <= set(terms)
+        assert not any(terms[k].requires_grad for k in set(terms) - {"cls", "div", "kd"})  # logged only
         for key, value in terms.items():
             assert isinstance(value, torch.Tensor) and value.dim() == 0, key
             assert torch.isfinite(value), key
@@ -188,8 +191,9 @@ def test_method_trains(name):
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_method_declarations(name):
     cls = dz.methods.get_method(name)
-    assert cls.needs_feats == (name not in {"kd", "kdrefine", "dkd"})
-    assert cls.needs_preact == (name == "abound")
+    assert cls.needs_feats == (name not in {"kd", "kdrefine", "dkd", "ctkd", "mlkd"})
+    assert cls.needs_preact == (name in {"abound", "ofd"})
+    assert cls.preact_for(teacher=True) == (name in {"abound", "ofd", "reviewkd"})
     assert cls.needs_index == (name == "crd")
     assert cls.has_init_stage == (name in {"abound", "factor", "fsp"})
 
@@ -357,8 +361,10 @@ def test_real_zoo_pair(name, zoo_probe):
     student_state, teacher, images, outputs = zoo_probe
     student = models.model_dict["resnet8"](num_classes=100)
     student.load_state_dict(student_state)
-    preact = dz.methods.get_method(name).needs_preact
-    (feat_s, feat_t), (feat_t_batch, logit_t) = outputs[preact]
+    cls = dz.methods.get_method(name)
+    preact, preact_t = cls.preact_for(teacher=False), cls.preact_for(teacher=True)
+    feat_s, feat_t = outputs[preact][0][0], outputs[preact_t][0][1]
+    feat_t_batch, logit_t = outputs[preact_t][1]
     method = dz.build_method(name, make_opt(batch_size=ZOO_BATCH), student, teacher, feat_s, feat_t,
                              N_DATA)
     student.train()
@@ -397,7 +403,8 @@ def test_each_params_class_declares_its_flags_once():
     once (CRD and CC share ``CRDParams``), with the dataclass defaults, types and choices."""
     methods = dz.methods
     classes = methods.method_params_classes()
-    assert classes == [methods.CRDParams, methods.DKDParams, methods.HintParams]
+    assert classes == [methods.CRDParams, dz.get_method("ctkd").params_class, methods.DKDParams, methods.HintParams,
+                       dz.get_method("mlkd").params_class, methods.OFDParams, methods.ReviewKDParams]
     assert dz.get_method("crd").params_class is dz.get_method("correlation").params_class
     parser = argparse.ArgumentParser()
     methods.add_method_flags(parser)

@@ -26,7 +26,7 @@ PLAIN_MODELS = [
     "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
     "MobileNetV2", "ShuffleV1", "ShuffleV2",
 ]
-NO_BN_BEFORE_RELU = {"ShuffleV1", "ShuffleV2"}
+NO_BN_BEFORE_RELU = {"ShuffleV2"}
 RTOL = 1e-4
 
 

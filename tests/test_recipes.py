@@ -23,7 +23,8 @@ PUBLISHED = {
     "correlation": (1, 0, 0.02), "vid": (1, 0, 1), "rkd": (1, 0, 1), "pkt": (1, 0, 30000),
     "abound": (1, 0, 1), "factor": (1, 0, 200), "fsp": (1, 0, 50), "nst": (1, 0, 50),
     "crd": (1, 0, 0.8), "kdsvd": (1, 0, 1), "kdrefine": (0.1, 0.9, 0.0), "dkd": (1, 0, 1),
-    "srrl": (1, 1, 1), "semckd": (1, 1, 400),
+    "srrl": (1, 1, 1), "semckd": (1, 1, 400), "ctkd": (0.1, 0.9, 0.0),
+    "reviewkd": (1, 0, 5), "ofd": (1, 0, 0.001),
 }
 
 
@@ -122,15 +123,15 @@ def flag(words: list[str], name: str) -> str:
 
 @pytest.mark.parametrize("script", ["run_cifar_distill.sh", "run_kdrefine.sh", "run_dkd.sh"])
 def test_scripts_pass_their_weights_explicitly(script):
+    """Every line spells out -r/-a/-b, and they are its method's recipe (with --logit_stand the
+    method's recipe for it, where it has one); run_cifar_distill.sh has one line per method."""
     runs = script_runs(script)
     assert runs
-    if script == "run_dkd.sh":  # its run() passes --distill dkd
-        assert '--distill dkd "$@"' in open(os.path.join(ROOT, "scripts", script)).read()
     for words in runs:
-        method = flag(words, "--distill") if "--distill" in words else "dkd"
+        cls = get_method(flag(words, "--distill"))
+        recipe = cls.logit_stand_recipe if "--logit_stand" in words and cls.logit_stand_recipe else cls.recipe
         weights = tuple(float(flag(words, f)) for f in ("-r", "-a", "-b"))
-        if method != "dkd":
-            assert weights == pytest.approx(PUBLISHED[method]), words
+        assert weights == pytest.approx((recipe.gamma, recipe.alpha, recipe.beta)), words
     if script == "run_cifar_distill.sh":
         assert sorted(flag(w, "--distill") for w in runs) == method_names()
 

@@ -155,11 +155,7 @@ def test_feature_hooks(name: str) -> None:
     model = model_dict[name]()
     own = set(map(id, model.modules()))
     assert all(id(m) in own for m in model.get_feat_modules())
-    if name == "repshufflev1":
-        with pytest.raises(NotImplementedError):
-            model.get_bn_before_relu()
-    else:
-        assert all(id(m) in own for m in model.get_bn_before_relu())
+    assert all(id(m) in own for m in model.get_bn_before_relu())
 
 
 def test_represnet20_init_statistics() -> None:

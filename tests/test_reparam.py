@@ -1,7 +1,8 @@
 """Structural re-parameterization: fusion maths, block conversion, fused branch training.
 
 * the pure functions of :mod:`models.fusion` against plain convs / BNs;
-* every rep model x every block type: converted outputs equal the train-form outputs (random BN
+* every rep model x every block type: converted outputs (and, for AMBB, the ``is_feat``
+  features, plain and ``preact``) equal the train-form ones (random BN
   statistics, eval mode), conversion is idempotent, deploy-built models load converted weights;
 * the fused branch forward equals the separate-branch forward: outputs, gradients of every
   parameter and of the input, running statistics and ``num_batches_tracked`` -- per block type,
@@ -177,6 +178,9 @@ def test_model_conversion(name: str, blocktype: str) -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
+        # what distillation reads (OFD, ReviewKD, AB: preact) is tapped alike in both forms
+        # (checked with one block type: which features are tapped does not depend on it)
+        ref_feats = {p: model(x, is_feat=True, preact=p)[0] for p in (False, True)} if blocktype == "AMBB" else {}
         set_fused(model, True)  # eval-mode fused path: every block folded on the fly
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
@@ -184,7 +188,11 @@ def test_model_conversion(name: str, blocktype: str) -> None:
     assert not any(isinstance(m, RepBlock) and not m.deploy for m in model.modules())
     with torch.no_grad():
         out = model(x)
+        feats = {p: model(x, is_feat=True, preact=p)[0] for p in ref_feats}
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    for p in ref_feats:
+        for f, r in zip(feats[p], ref_feats[p], strict=True):
+            torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5 * r.abs().max().item())
 
     state = copy.deepcopy(model.state_dict())
     assert reparameterize_model(model) is model  # second call: harmless

@@ -3,19 +3,25 @@ executor (submitit, real subprocess jobs, a stand-in training program) runs, rer
 is unfinished and reports status; the SLURM path against stand-in sbatch/sacct commands."""
 from __future__ import annotations
 
+import csv
 import json
 import os
-import re
 import shlex
+import signal
 import stat
 import sys
+import threading
+import time
 
 import pytest
 import submitit
 
 import train_student
 from distiller_zoo import get_method
+from helper.checkpoint import save_checkpoint
+from models import model_dict
 from scripts import run_table
+from tests.cifar_fixtures import write_fake_cifar100
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -36,23 +42,34 @@ cells:
   resnet32x4 -> resnet8x4: {KDrefine: skip, KD: --kd_T 3}
 """
 
-# The stand-in training program: finds its resolved configuration in $FAKE_MAP (what the test
-# computed with run_table.plan), writes a finished metrics file, records its arguments.
+# The stand-in training program: finds the resolved configuration of each run it trains (one,
+# or --trials N from --trial t) in $FAKE_MAP (what the test computed with run_table.plan), writes
+# finished metrics files, records its arguments.
 FAKE = """
 import json, os, sys
 args = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
 with open(os.environ["FAKE_CALLS"], "a") as fh:
     fh.write(json.dumps(sys.argv[1:]) + "\\n")
-entry = json.load(open(os.environ["FAKE_MAP"]))[json.dumps(args)]
-if "--resume" in sys.argv and not os.path.isfile(entry["last"]):
+n = 1
+for flag in ("--trials", "--trials_mode"):
+    if flag in args:
+        k = args.index(flag)
+        n = int(args[k + 1]) if flag == "--trials" else n
+        args = args[:k] + args[k + 2:]
+first = args.index("--trial") + 1
+runs = json.load(open(os.environ["FAKE_MAP"]))
+entries = [runs[json.dumps(args[:first] + [str(int(args[first]) + k)] + args[first + 1:])]
+           for k in range(n)]
+if "--resume" in sys.argv and not all(os.path.isfile(e["last"]) for e in entries):
     sys.exit("resume without a checkpoint")
-if entry["folder"].endswith(os.environ.get("FAKE_FAIL", "-")):
+if any(e["folder"].endswith(os.environ.get("FAKE_FAIL", "-")) for e in entries):
     print("epoch 1 loss nan: stopping")
     sys.exit(3)
-os.makedirs(entry["folder"], exist_ok=True)
-metrics = {"test_acc": 50.0, "test_acc_top5": 80.0, "test_loss": 1.0, "epoch": 1,
-           "planned_epochs": 1, "reached_epoch": 1, "config": entry["config"]}
-json.dump(metrics, open(os.path.join(entry["folder"], "test_last_metrics.json"), "w"))
+for entry in entries:
+    os.makedirs(entry["folder"], exist_ok=True)
+    metrics = {"test_acc": 50.0, "test_acc_top5": 80.0, "test_loss": 1.0, "epoch": 1,
+               "planned_epochs": 1, "reached_epoch": 1, "config": entry["config"]}
+    json.dump(metrics, open(os.path.join(entry["folder"], "test_last_metrics.json"), "w"))
 print("done")
 """
 
@@ -70,10 +87,10 @@ def test_kdrefine_table_is_610_commands_that_train_student_parses():
         "repwrn_16_2", "repwrn_40_1", "represnet20", "represnet32", "repvgg8", "repmobilenetv2"}
 
 
-@pytest.mark.parametrize("name", ["kdrefine_table", "dkd_table", "ls_table"])
+@pytest.mark.parametrize("name", sorted(os.listdir(EXPERIMENTS)))
 def test_columns_spell_out_the_method_recipes(name):
     """-r/-a/-b written in a column are the registry's recipe (plain methods, no --logit_stand)."""
-    table = run_table.load_table(os.path.join(EXPERIMENTS, name + ".yaml"))
+    table = run_table.load_table(os.path.join(EXPERIMENTS, name))
     for column in table.columns.values():
         flags = shlex.split(column.get("flags", ""))
         if "--logit_stand" in flags or "-r" not in flags:
@@ -84,24 +101,94 @@ def test_columns_spell_out_the_method_recipes(name):
         assert given == {"gamma": recipe.gamma, "alpha": recipe.alpha, "beta": recipe.beta}
 
 
-def test_dkd_table_has_the_readme_values():
-    """Every DKD cell's --dkd_* values are the README table's (and its '—' cells are skipped)."""
-    table = run_table.load_table(os.path.join(EXPERIMENTS, "dkd_table.yaml"))
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
-        readme = fh.read()
-    section = readme.split("### DKD's per-pair values")[1].split("\n### ")[0]
-    rows = re.findall(r"^\| (\S+) → (\S+) \| (.+?) \| (.+?) \|$", section, re.M)[1:]  # [0]: the header
-    assert len(rows) == len(table.rows) == 16
-    for teacher, student, plain, ls in rows:
-        for column, text in (("DKD", plain), ("DKD+LS", ls)):
-            value = table.cells[(f"{teacher} -> {student}", column)]
-            numbers = re.match(r"([\d.]+), ([\d.]+), ([\d.]+), ([\d.]+)", text)
-            if numbers is None:
-                assert value == "skip"
-            else:
-                flags = shlex.split(value)
-                assert [flags[flags.index(f"--dkd_{k}") + 1] for k in
-                        ("alpha", "beta", "T", "warmup")] == list(numbers.groups())
+def published_tables(*ids: str) -> tuple[dict, list[dict]]:
+    with open(os.path.join(ROOT, "scripts", "published_results.json"), encoding="utf-8") as fh:
+        published = json.load(fh)
+    return published, [t for t in published["tables"] if t["id"] in ids]
+
+
+@pytest.mark.parametrize("name, ids", [("rd_table", ("crd_table1", "crd_table2")),
+                                       ("kdrefine_table", ("kdrefine",))])
+def test_tables_are_the_published_ones(name, ids):
+    """Rows, columns and skipped cells of a shipped table are those of the published table(s)
+    it reproduces (scripts/published_results.json): a pair × method with a number is a cell, a
+    method without one (null, or no row in that table) is skipped."""
+    table = run_table.load_table(os.path.join(EXPERIMENTS, name + ".yaml"))
+    published, tables = published_tables(*ids)
+    pairs = [f"{c['teacher']} -> {c['student']}" for t in tables for c in t["columns"]]
+    assert list(table.rows) == pairs
+    assert {c: table.columns[c]["distill"] for c in table.columns} == \
+        {c: d for c, d in published["method_names"].items() if c in table.columns}
+    numbered = {(f"{c['teacher']} -> {c['student']}", method) for t in tables
+                for k, c in enumerate(t["columns"]) for method, row in t["rows"].items()
+                if row[k] is not None}
+    cells = {(row, table.columns[column]["distill"]) for row in table.rows for column in table.columns
+             if not table.skipped(row, column)}
+    assert cells == numbered
+    assert all(table.sources[key] for key in table.cells if table.skipped(*key))  # each says why
+
+
+def test_rd_table_is_810_commands(capsys):
+    """RepDistiller's table (the CRD paper's Tables 1 and 2): 13 pairs × 13 methods × 5 trials,
+    less the 7 FSP cells the tables leave empty; every line parses."""
+    assert run_table.main([os.path.join(EXPERIMENTS, "rd_table.yaml"), "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 13 * 13 * 5 - 7 * 5 == 810
+    assert sum("--distill fsp" in line for line in lines) == 6 * 5
+    for line in lines[::97]:
+        train_student.parse_option(shlex.split(line)[2:])
+
+
+def test_pack_trials_dry_run_is_one_line_per_cell(capsys):
+    """--pack_trials: one train_student.py --trials 5 line per cell, which trains the cell's
+    five runs, folder for folder (engine.trials.trial_configs)."""
+    path = os.path.join(EXPERIMENTS, "kdrefine_table.yaml")
+    assert run_table.main([path, "--dry_run", "--pack_trials"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9 * 14 - 4 == 122
+    assert all(line.endswith("--trial 1 --trials 5") for line in lines)
+    cells = run_table.expand(run_table.load_table(path))
+    teachers: dict = {}
+    for k in (0, 60, 121):
+        packed = run_table.trial_configs_of(shlex.split(lines[k])[2:], "packed", teachers)
+        separate = [run_table.resolved(c, teachers) for c in cells[5 * k:5 * k + 5]]
+        assert [c["save_folder"] for c in packed] == [c["save_folder"] for c in separate]
+
+
+def cell(trial: int, column: str = "KD", row: str = "a -> b") -> run_table.Cell:
+    return run_table.Cell(row, column, trial, ("--distill", "kd", "--trial", str(trial)))
+
+
+def test_packs_are_consecutive_trials_of_a_cell_with_one_action():
+    cells = [cell(1), cell(2), cell(3), cell(5), cell(1, "AT"), cell(2, "AT")]
+    actions = ["run", "run", "resume", "resume", "run", "run"]
+    assert run_table.packs(cells, actions) == [[0, 1], [2], [3], [4, 5]]
+    assert run_table.packed_args([cell(1)]) == ["--distill", "kd", "--trial", "1"]
+    assert run_table.packed_args([cell(3), cell(4)], "resume")[-4:] == \
+        ["--trials", "2", "--trials_mode", "shared_teacher"]  # resumed at maybe different epochs
+
+
+def test_a_flag_train_student_refuses_is_one_line(tmp_path, capsys):
+    """An argparse error inside a cell: one line naming the cell and the parser's message."""
+    path = tmp_path / "t.yaml"
+    path.write_text("rows: [{teacher: resnet8, student: resnet8}]\n"
+                    "columns: {KD: {distill: kd, flags: --epochs x}}\n")
+    with pytest.raises(SystemExit) as err:
+        run_table.main([str(path), "--status", "--state_dir", str(tmp_path / "state")])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: cell resnet8 -> resnet8 / KD / trial 1: train_student.py "
+                               "refuses its flags: argument --epochs: invalid int value: 'x'")
+
+
+def test_pack_trials_with_several_gpus_per_job_is_refused(capsys):
+    with pytest.raises(SystemExit) as err:
+        run_table.main([os.path.join(EXPERIMENTS, "rd_table.yaml"), "--executor", "slurm",
+                        "--nodes", "2", "--pack_trials", "--dry_run"])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --pack_trials trains a cell's trials in one")
 
 
 def test_dry_run_prints_one_train_student_line_per_run(capsys):
@@ -265,3 +352,173 @@ def test_slurm_array_resources_requeue_status_and_preemption(slurm, capsys):
     requeued.result()
     assert calls(root)[-1] == list(plans[0].cell.args) + ["--resume"]
     assert status(capsys)[0].startswith("done")
+
+
+def test_local_pack_trials_trains_a_cells_trials_in_one_job(mini, capsys, monkeypatch):
+    """--pack_trials: one job per cell (train_student.py --trials 2); a rerun packs the trials
+    of a cell that share an action and runs the others alone (new, resumed)."""
+    root, plans = mini
+    program = ["--program", f"{sys.executable} fake_train.py", "--gpus", "", "--max_parallel", "2",
+               "--pack_trials"]
+    monkeypatch.setenv("FAKE_FAIL", plans[1].key)  # the first pair's KD job (trials 1-2) fails
+    assert run_table.main(["mini.yaml", *program]) == 1
+    assert "6 of 6 runs to start in 3 jobs" in capsys.readouterr().out
+    jobs = calls(root)
+    assert sorted(json.dumps(c) for c in jobs) == sorted(
+        json.dumps(list(plans[k].cell.args) + ["--trials", "2"]) for k in (0, 2, 4))
+    book = json.load(open(root / "save/tables/mini/jobs.json"))
+    assert book[plans[0].key] == book[plans[1].key]  # one job, one log for both runs
+    assert [line.split()[0] for line in status(capsys)[:-1]] == ["failed", "failed"] + ["done"] * 4
+
+    monkeypatch.delenv("FAKE_FAIL")
+    os.remove(os.path.join(plans[2].trial.run_folder, "test_last_metrics.json"))
+    open(plans[2].trial.last_path, "w").close()  # interrupted after its first checkpoint
+    os.remove(os.path.join(plans[3].trial.run_folder, "test_last_metrics.json"))
+    assert run_table.main(["mini.yaml", *program]) == 0
+    rerun = calls(root)[3:]
+    assert sorted(json.dumps(c) for c in rerun) == sorted(json.dumps(c) for c in [
+        list(plans[0].cell.args) + ["--trials", "2"], list(plans[2].cell.args) + ["--resume"],
+        list(plans[3].cell.args)])
+    assert status(capsys)[-1] == "done 6, running 0, queued 0, failed 0, missing 0, conflict 0 " \
+                                 "(of 6 runs)"
+
+
+def test_slurm_multi_node_jobs_run_torchrun_on_each_node(slurm, monkeypatch):
+    """--nodes 2 --gpus_per_job 4: one task per node, each starting torchrun with its node's rank
+    and the master address and port of submitit's TorchDistributedEnvironment (the same on
+    every node); node 1 logs to its own file."""
+    root, plans = slurm
+    assert run_table.main(["mini.yaml", "--executor", "slurm", "--program",
+                           f"{sys.executable} fake_train.py", "--nodes", "2", "--gpus_per_job", "4",
+                           "--cpus_per_job", "8", "--time", "600"]) == 0
+    script = (root / "sbatch_1.sh").read_text().splitlines()
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --array=0-5%6", "#SBATCH --requeue"):
+        assert line in script, (line, script)
+    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in script)
+
+    submitted = submitit.SlurmJob(root / "save/tables/mini/submitit", "4242_0").paths.submitted_pickle
+    job = submitit.helpers.DelayedSubmission.load(submitted).function
+    assert (job.nodes, job.gpus) == (2, 4)
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4250", "SLURM_ARRAY_JOB_ID": "4242",
+           "SLURM_ARRAY_TASK_ID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_LOCALID": "0"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    commands = {}
+    for node in (0, 1):
+        monkeypatch.setenv("SLURM_NODEID", str(node))
+        monkeypatch.setenv("SLURM_PROCID", str(node))
+        commands[node] = job.final_command()
+        assert commands[node][:11] == [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                       "--nproc_per_node", "4", "--node_rank", str(node),
+                                       "--master_addr", "gpu07"]
+        assert commands[node][11] == "--master_port" and 20000 <= int(commands[node][12]) <= 60000
+        assert commands[node][13:] == ["fake_train.py", *plans[0].cell.args]
+    assert commands[0][12] == commands[1][12]
+    assert job.node_log() == job.log_path + ".node1"
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    assert job.node_log() == job.log_path
+
+
+REAL = """
+name: real
+dataset: cifar100
+trials: 2
+teachers: teachers/{t}.pth
+flags: --epochs 2 --batch_size 32 --num_workers 0 --device cpu --print_freq 1
+rows:
+  - {teacher: resnet8, student: resnet8}
+  - {teacher: resnet14, student: resnet8}
+columns:
+  KD: {distill: kd}
+  AT: {distill: attention}
+"""
+
+
+@pytest.fixture
+def real_table(tmp_path, monkeypatch):
+    """A 2 × 2 × 2 table of real train_student.py runs in a scratch folder: small CIFAR-100-format
+    files (64 training images: 2 steps of 32 per epoch, 2 epochs) and two untrained teachers that
+    record their architecture."""
+    monkeypatch.chdir(tmp_path)
+    write_fake_cifar100(tmp_path / "data", n_train=64, n_test=64, seed=0)
+    (tmp_path / "teachers").mkdir()
+    for name in ("resnet8", "resnet14"):
+        save_checkpoint({"model": model_dict[name](num_classes=100).state_dict(), "arch": name},
+                        str(tmp_path / "teachers" / f"{name}.pth"))
+    (tmp_path / "real.yaml").write_text(REAL)
+    return run_table.plan(run_table.expand(run_table.load_table("real.yaml")))
+
+
+def finished(plan: run_table.Plan) -> tuple[int, bytes]:
+    path = os.path.join(plan.trial.run_folder, "test_last_metrics.json")
+    with open(path, "rb") as fh:
+        return os.stat(path).st_mtime_ns, fh.read()
+
+
+@pytest.mark.slow
+def test_real_table_runs_is_interrupted_reruns_the_rest_and_summarizes(real_table, capsys):
+    """End to end through submitit's local executor, real train_student.py processes, one job per
+    cell (--pack_trials): Ctrl-C once the first cell is done stops the table (the running job is
+    cancelled); --status shows 2 done, 6 missing; the same command then trains only the missing
+    runs (the finished ones untouched, byte for byte); --summarize writes the results table."""
+    plans = real_table
+    book_path = os.path.join("save", "tables", "real", "jobs.json")
+    first = {plans[0].key, plans[1].key}
+    running = threading.Event()
+
+    def interrupt_after_the_first_cell() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and running.is_set():
+            try:
+                with open(book_path, encoding="utf-8") as fh:
+                    jobs = json.load(fh)
+            except (OSError, ValueError):
+                jobs = {}
+            if all(jobs.get(key, {}).get("outcome") == "done" for key in first):
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C
+                return
+            time.sleep(0.2)
+
+    def ctrl_c(signum, frame):
+        if running.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    running.set()
+    watcher = threading.Thread(target=interrupt_after_the_first_cell, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            run_table.main(["real.yaml", "--gpus", "", "--max_parallel", "1", "--pack_trials"])
+    finally:
+        running.clear()
+        watcher.join()
+        signal.signal(signal.SIGINT, previous)
+    assert stop.value.code == 130
+    lines = capsys.readouterr()
+    assert "4 jobs" in lines.out and "interrupted" in lines.err
+    assert run_table.main(["real.yaml", "--status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out[:-1]] == ["done", "done"] + ["missing"] * 6, out
+    before = {p.key: finished(p) for p in plans[:2]}
+    job_ids = {key: entry["job_id"] for key, entry in json.load(open(book_path)).items() if key in first}
+
+    assert run_table.main(["real.yaml", "--gpus", "", "--max_parallel", "3", "--pack_trials"]) == 0
+    assert "6 of 8 runs to start in 3 jobs (0 queued or running, 2 done)" in capsys.readouterr().out
+    assert run_table.main(["real.yaml", "--status"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        "done 8, running 0, queued 0, failed 0, missing 0, conflict 0 (of 8 runs)"
+    assert {p.key: finished(p) for p in plans[:2]} == before  # untouched
+    jobs = json.load(open(book_path))
+    assert {key: jobs[key]["job_id"] for key in first} == job_ids
+
+    assert run_table.main(["real.yaml", "--summarize"]) == 0
+    out = capsys.readouterr().out
+    assert "partial table" not in out
+    with open(os.path.join("save", "tables", "real", "results.csv"), encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and os.path.isfile(os.path.join("save", "tables", "real", "results.png"))
+    assert all(row["n"] == "2" for row in rows), rows

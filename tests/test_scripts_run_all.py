@@ -20,6 +20,8 @@ import time
 import pytest
 
 import train_teacher
+from distiller_zoo import method_names
+from scripts import table_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = ["run_cifar_vanilla.sh", "run_cifar_distill.sh", "run_kdrefine.sh", "run_dkd.sh"]
@@ -66,21 +68,40 @@ def flag(line: str, name: str) -> str:
 
 
 def test_a_failing_line_does_not_stop_the_others(tmp_path):
-    """semckd (the 17th of 18 lines) fails: kdrefine, after it, still runs; the end names it."""
-    out, calls = run_script(tmp_path, "run_cifar_distill.sh", "--trial", "2", FAIL_ON="--distill semckd")
+    """The last line but one (one line per registered method) fails: the last, after it, still
+    runs; the end names it."""
+    names = method_names()
+    n, failing = len(names), f"--distill {names[-2]}"
+    out, calls = run_script(tmp_path, "run_cifar_distill.sh", "--trial", "2", FAIL_ON=failing)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert [flag(c, "--distill") for c in calls][-2:] == ["semckd", "kdrefine"]
-    assert len(calls) == 18 and all(c.endswith("--trial 2") for c in calls)  # flags reach every line
+    assert [flag(c, "--distill") for c in calls] == names
+    assert len(calls) == n and all(c.endswith("--trial 2") for c in calls)  # flags reach every line
     failed = [line for line in out.stderr.splitlines() if line.startswith("failed ")]
-    assert len(failed) == 1 and "(exit 3)" in failed[0] and "--distill semckd" in failed[0], out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("error: 1 of 18 lines of run_cifar_distill.sh failed")
+    assert len(failed) == 1 and "(exit 3)" in failed[0] and failing in failed[0], out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: 1 of {n} lines of run_cifar_distill.sh failed")
     assert "error: rigged failure" in out.stderr  # the line's own message is kept
 
 
-@pytest.mark.parametrize("script, lines, fail_on, n_failed", [
-    ("run_cifar_vanilla.sh", 6, "--model resnet56", 1), ("run_kdrefine.sh", 9, "--model_s represnet20", 2),
-    ("run_dkd.sh", 25, "--model_s resnet20", 3)])
-def test_every_line_runs_and_failures_are_counted(tmp_path, script, lines, fail_on, n_failed):
+def generated_lines(script: str) -> list[list[str]]:
+    """The train_teacher.py / train_student.py lines of a script, as its generator writes them
+    (scripts/table_scripts.py, from the experiment files)."""
+    made = {s.name: s for s in table_scripts.scripts()}[script]
+    return [shlex.split(line)[2:] for line in made.body if line.startswith(("line python ", "run "))]
+
+
+def student_of(words: list[str]) -> str:
+    return words[words.index("--model_s" if "--model_s" in words else "--model") + 1]
+
+
+@pytest.mark.parametrize("script", ["run_cifar_vanilla.sh", "run_kdrefine.sh", "run_dkd.sh"])
+def test_every_line_runs_and_failures_are_counted(tmp_path, script):
+    """Every line runs; the lines of the script's most frequent student (teacher) fail and are
+    counted."""
+    made = generated_lines(script)
+    models = [student_of(words) for words in made]
+    lines, model = len(made), max(models, key=models.count)
+    fail_on = f"{'--model_s' if '--model_s' in made[0] else '--model'} {model}"
+    n_failed = models.count(model)
     out, calls = run_script(tmp_path, script)
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(calls) == lines and f"all {lines} lines of {script} finished" in out.stdout
@@ -93,18 +114,21 @@ def test_every_line_runs_and_failures_are_counted(tmp_path, script, lines, fail_
 
 def test_an_interrupted_line_stops_the_script(tmp_path):
     """A line that ends as python does on Ctrl-C (exit 130) stops the table there."""
-    out, calls = run_script(tmp_path, "run_kdrefine.sh", INTERRUPT_ON="--model_s represnet32")
+    students = [student_of(words) for words in generated_lines("run_kdrefine.sh")]
+    stop = next(k for k, name in enumerate(students) if k >= 2 and name not in students[:k])
+    out, calls = run_script(tmp_path, "run_kdrefine.sh", INTERRUPT_ON=f"--model_s {students[stop]}")
     assert out.returncode == 130
-    assert [flag(c, "--model_s") for c in calls] == ["repwrn_16_2", "repwrn_40_1", "represnet20",
-                                                     "represnet20", "represnet32"]
-    assert out.stderr.strip().splitlines()[-1].startswith("error: interrupted at line 5 of run_kdrefine.sh")
+    assert [flag(c, "--model_s") for c in calls] == students[:stop + 1]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        f"error: interrupted at line {stop + 1} of run_kdrefine.sh")
 
 
 def test_ctrl_c_stops_the_script(tmp_path):
     """SIGINT to the foreground process group (Ctrl-C) during a line: no later line runs."""
     calls = tmp_path / "calls.log"
+    teachers = [student_of(words) for words in generated_lines("run_cifar_vanilla.sh")]
     proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_cifar_vanilla.sh")], cwd=tmp_path,
-                            env=stand_in_env(tmp_path, PAUSE_ON="--model resnet56"), stdout=subprocess.PIPE,
+                            env=stand_in_env(tmp_path, PAUSE_ON=f"--model {teachers[1]}"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 20
     while not os.path.exists(f"{calls}.paused") and time.monotonic() < deadline:
@@ -112,7 +136,7 @@ def test_ctrl_c_stops_the_script(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert [flag(c, "--model") for c in calls.read_text().splitlines()] == ["wrn_40_2", "resnet56"]
+    assert [flag(c, "--model") for c in calls.read_text().splitlines()] == teachers[:2]
     assert "error: interrupted at line 2 of run_cifar_vanilla.sh" in err
 
 

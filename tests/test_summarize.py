@@ -255,7 +255,9 @@ def test_published_data_file_matches_the_sources():
     with open(os.path.join(ROOT, "scripts", "published_results.json"), encoding="utf-8") as fh:
         data = json.load(fh)
     tables = {t["id"]: t for t in data["tables"]}
-    assert set(tables) == {"kdrefine", "crd_table1", "crd_table2"}
+    assert set(tables) == {"kdrefine", "crd_table1", "crd_table2", "mdistiller_dkd", "mdistiller_dot",
+                           "logit_stand_identical", "logit_stand_identical_ls", "logit_stand_distinct",
+                           "logit_stand_distinct_ls", "ctkd"}
     for table in tables.values():
         assert table["source"] and table["columns"]
         for row in table["rows"].values():
@@ -280,6 +282,36 @@ def test_published_data_file_matches_the_sources():
         for col, value in zip(kdr["columns"], row):
             if method != "kdrefine" and (col["teacher"], col["student"], method) in crd:
                 assert crd[col["teacher"], col["student"], method] == value
+
+
+def test_published_numbers_of_the_newer_methods():
+    """The DKD, DOT, CTKD and logit-standardization tables (pinned from their READMEs), and
+    which runs each one's numbers stand beside: a table with logit standardization (DOT) only
+    beside runs with --logit_stand (--dot), the others only beside runs without."""
+    pub = load_summarize().PublishedResults()
+    tables = pub.tables
+    assert tables["logit_stand_identical_ls"]["logit_stand"] and tables["mdistiller_dot"]["dot"]
+    assert tables["logit_stand_identical_ls"]["rows"]["mlkd"] == [78.28, 75.22, 75.56, 76.95, 72.33, 74.32, 72.27]
+    assert tables["logit_stand_distinct"]["rows"]["ctkd"] == [75.37, 74.57, 77.66, 74.61, 68.34, 68.50, 68.67]
+    assert tables["mdistiller_dot"]["rows"]["kd"] == [75.12, 73.77, 75.55]
+    assert tables["mdistiller_dkd"]["rows"]["dkd"][-1] == 77.07  # resnet32x4 -> ShuffleV2
+    assert tables["ctkd"]["rows"]["ctkd"] == [71.19, 73.52, 70.99, 75.45, 73.93, 73.52]
+
+    def value(teacher, student, method, stand=False, dot=False, blocktype="AMBB"):
+        found = pub.lookup("cifar100", teacher, student, method, blocktype, "test_acc", stand, dot)
+        return None if found is None else (found.value, found.table)
+
+    assert value("resnet56", "resnet20", "mlkd", stand=True) == (72.33, "logit_stand_identical_ls")
+    assert value("resnet56", "represnet20", "mlkd") == (72.19, "logit_stand_identical")
+    assert value("resnet32x4", "resnet8x4", "kd", stand=True) == (76.62, "logit_stand_identical_ls")
+    assert value("resnet32x4", "resnet8x4", "kd") == (73.33, "crd_table1")  # CRD's tables first
+    assert value("resnet32x4", "wrn_40_2", "kd") == (77.70, "logit_stand_distinct")
+    assert value("resnet32x4", "resnet8x4", "kd", dot=True) == (75.12, "mdistiller_dot")
+    assert value("resnet32x4", "resnet8x4", "kd", stand=True, dot=True) is None
+    assert value("resnet56", "resnet20", "dkd") == (71.97, "mdistiller_dkd")
+    assert value("resnet56", "resnet20", "ctkd") == (71.19, "logit_stand_identical")
+    assert value("resnet110", "represnet20", "kdrefine", stand=True) is None  # KDrefine's row: no LS
+    assert value("resnet110", "represnet20", "kdrefine") == (71.99, "kdrefine")
 
 
 def test_output_paths_that_cannot_be_written(tree, run, tmp_path):

@@ -250,13 +250,21 @@ def test_stacked_students_step_like_separate_ones_in_float64(fused, distill):
                                    rtol=1e-9, atol=1e-11)
 
 
-STACKABLE = ["attention", "dkd", "kd", "kdrefine", "kdsvd", "nst", "pkt", "similarity"]
+def test_the_default_method_stacks():
+    """The registry's own declarations (``Distiller.stackable``) decide which methods stack; the
+    default method is one of them, so plain ``--trials`` runs take the stacked path on CUDA."""
+    from distiller_zoo.methods import DEFAULT_METHOD
+
+    stackable = method_names(lambda m: m.stackable and not m.has_init_stage and not m.needs_index)
+    assert DEFAULT_METHOD in stackable
+    assert set(stackable) < set(method_names())  # and some do not (their fallback is tested below)
 
 
 @pytest.mark.parametrize("distill", method_names())
 def test_every_stackable_method_gives_the_separate_losses(distill):
-    """The methods :func:`can_stack` accepts are exactly the listed ones, and for each the stacked
-    loss of two students equals the separate losses (float64); the others fall back."""
+    """:func:`can_stack` accepts only methods that declare ``stackable`` (the registry's flag),
+    and for each it accepts the stacked loss of two students equals the separate losses
+    (float64); the others fall back."""
 
     from engine.distill import DistillStep, build_method_for, freeze, loss_weights
     from engine.loops import Batch
@@ -271,8 +279,10 @@ def test_every_stackable_method_gives_the_separate_losses(distill):
     teacher = freeze(model_dict["resnet20"](num_classes=10).to(dtype))
     students = [model_dict["resnet8"](num_classes=10).to(dtype) for _ in range(2)]
     method = build_method_for(config, students[0], teacher, torch.randn(2, 3, 32, 32, dtype=dtype), 100)
-    assert can_stack(method) == (distill in STACKABLE)
-    if distill not in STACKABLE:
+    declared = type(method)
+    if not declared.stackable or declared.has_init_stage or declared.needs_index:
+        assert not can_stack(method)
+    if not can_stack(method):
         return
     copies = [model_dict["resnet8"](num_classes=10).to(dtype) for _ in range(2)]
     for c, s in zip(copies, students):

@@ -1,11 +1,12 @@
 """The method object every ``--distill`` name builds, and the registry that maps names to them.
 
 A :class:`Distiller` owns its helper modules (regressors, embeddings, memory bank, connectors),
-declares what the training loop must feed it (``needs_feats``, ``needs_preact``,
-``needs_index``), lists what is trained with the student (:meth:`trainable_modules`) and, for the
-two-stage methods, what the init stage trains (:meth:`init_modules`, :meth:`init_loss`). Its
-``forward`` returns the named loss terms ``{'cls', 'div', 'kd'}`` that the loop weights with
-``-r``, ``-a`` and ``-b`` — the three criteria of the CRD training loop.
+declares what the training loop must feed it (``needs_feats``, ``needs_preact`` and
+``teacher_preact``, ``needs_index``, ``needs_strong_view``), lists what is trained with the
+student (:meth:`trainable_modules`) and, for the two-stage methods, what the init stage trains
+(:meth:`init_modules`, :meth:`init_loss`). Its ``forward`` returns the named loss terms
+``{'cls', 'div', 'kd'}`` that the loop weights with ``-r``, ``-a`` and ``-b`` — the three criteria
+of the CRD training loop.
 
 Each method declares the :class:`Recipe` of its published row (its loss weights and, where the
 published code differs from RepDistiller's rule, its learning rate): these are the defaults of
@@ -133,8 +134,8 @@ class BuildContext:
 
     ``shared``: the options every method reads; ``params``: the method's own hyper-parameters
     (an instance of its ``params_class``, None when it has none); ``feat_s`` / ``feat_t``: the
-    ``is_feat=True`` features of a small probe batch (pre-activation ones when the method
-    declares ``needs_preact``); ``n_data``: the training-set size.
+    ``is_feat=True`` features of a small probe batch (pre-activation ones where the method reads
+    them: :meth:`Distiller.preact_for`); ``n_data``: the training-set size.
     """
 
     shared: SharedParams
@@ -195,7 +196,14 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     needs_feats: ClassVar[bool] = True
     needs_preact: ClassVar[bool] = False
+    #: whether the teacher's features are the pre-activation ones (None: as ``needs_preact``);
+    #: ReviewKD reads the student's after and the teacher's before the ReLU (:meth:`preact_for`)
+    teacher_preact: ClassVar[bool | None] = None
     needs_index: ClassVar[bool] = False
+    #: whether the method reads a strongly augmented second view of each image (MLKD): the loader
+    #: yields both views and ``forward`` receives the student's and the teacher's logits of the
+    #: strong one as ``logit_s_strong`` / ``logit_t_strong``
+    needs_strong_view: ClassVar[bool] = False
     has_init_stage: ClassVar[bool] = False
     needs_full_batches: ClassVar[bool] = False
     supports_logit_stand: ClassVar[bool] = False
@@ -232,6 +240,14 @@ class Distiller(nn.Module):
             known = ", ".join(method_names(lambda c: c.supports_logit_stand))
             note = f"; {cls.logit_stand_note}" if cls.logit_stand_note else ""
             raise UserError(f"--logit_stand applies to {known}, not to --distill {cls.name}{note}")
+
+    @classmethod
+    def preact_for(cls, teacher: bool) -> bool:
+        """Whether the method reads the pre-activation features of the teacher (``teacher``) or
+        of the student: what ``model(x, is_feat=True, preact=...)`` is called with."""
+        if teacher and cls.teacher_preact is not None:
+            return cls.teacher_preact
+        return cls.needs_preact
 
     @classmethod
     def sampling(cls, params: Params | None) -> tuple[int, str] | None:
