@@ -197,6 +197,9 @@ def scripts(root: str = ROOT) -> list[Script]:
                      "KDrefine with re-parameterizable (AMBB) students", root),
         table_script("run_dkd.sh", "dkd_table.yaml", lambda t: list(t.columns),
                      "DKD and DKD + --logit_stand with their authors' per-pair values", root),
+        table_script("run_peer.sh", "peer_table.yaml", lambda t: list(t.columns),
+                     "The newer baselines (ReviewKD, OFD, CTKD, MLKD, KD + DOT) with their authors' "
+                     "per-pair values", root),
     ]
 
 

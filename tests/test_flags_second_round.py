@@ -15,6 +15,7 @@ import train_student
 import train_teacher
 from dataset import cifar100
 from distiller_zoo.crd import z_message
+from distiller_zoo.methods import method_names
 from engine.fit import LoopSettings, Member, default_print_freq, run_epoch
 from distiller_zoo.methods.embedding import MAX_FEAT_DIM
 from engine.options import MAX_DIST_TIMEOUT_MINUTES, counted
@@ -152,7 +153,9 @@ def test_kd_with_logit_stand_takes_its_authors_recipe():
 @pytest.mark.parametrize("method", ["kdrefine", "crd", "hint"])
 def test_logit_stand_mismatch_is_found_when_parsing(method):
     """Before the teacher file is read: --path_t names no file here."""
-    with pytest.raises(UserError, match=rf"^--logit_stand applies to dkd, kd, not to --distill {method}"):
+    takers = ", ".join(method_names(lambda cls: cls.supports_logit_stand))
+    assert "kd" in takers.split(", ") and method not in takers.split(", ")
+    with pytest.raises(UserError, match=rf"^--logit_stand applies to {takers}, not to --distill {method}"):
         train_student.parse_option(["--path_t", "no/such/teacher.pth", "--distill", method, "--logit_stand"])
 
 
@@ -303,4 +306,5 @@ def test_readme_dkd_logit_stand_example_matches_its_table():
                    and line.startswith("python"))
     values = dict(re.findall(r"--(dkd_alpha|dkd_beta|dkd_T) (\S+)", example))
     assert values == {"dkd_alpha": "9", "dkd_beta": "72", "dkd_T": "2"}, example
-    assert "| resnet32x4 → resnet8x4 | 1, 8, 4, 20 (`res32x4_res8x4.yaml`) | 9, 72, 2, 20" in text
+    assert ("| resnet32x4 → resnet8x4 | `--dkd_alpha 1 --dkd_beta 8 --dkd_T 4 --dkd_warmup 20` (`res32x4_res8x4.yaml`) "
+            "| `--dkd_alpha 9 --dkd_beta 72 --dkd_T 2 --dkd_warmup 20`") in text

@@ -24,7 +24,7 @@ from distiller_zoo import method_names
 from scripts import table_scripts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TABLES = ["run_cifar_vanilla.sh", "run_cifar_distill.sh", "run_kdrefine.sh", "run_dkd.sh"]
+TABLES = [script.name for script in table_scripts.scripts()]  # every generated script
 #: the README's and the scripts' example for the teachers that run_cifar_vanilla.sh trains
 OWN_TEACHERS = "save/models/{t}_cifar100_lr_0.05_decay_0.0005_trial_0/ckpt_epoch_240.pth"
 
