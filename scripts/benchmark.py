@@ -73,6 +73,8 @@ def parse_option(argv=None) -> argparse.Namespace:
                         help="also time the fast path training N students at once (train_student.py --trials)")
     parser.add_argument("--trials_mode", default="auto", choices=["auto", "stacked", "shared_teacher"],
                         help="how --trials trains (as train_student.py --trials_mode)")
+    parser.add_argument("--dot", action="store_true",
+                        help="step with DOT's optimizer (train_student.py --dot: two backward passes)")
     parser.add_argument("--skip_classic", action="store_true", help="measure the fast path only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     opt = parser.parse_args(argv)
@@ -86,7 +88,7 @@ def method_options(opt: argparse.Namespace) -> StudentConfig:
     method and batch size: what methods read."""
     return train_student.parse_option(["--path_t", f"{opt.teacher}_vanilla/ckpt_epoch_240.pth",
                                        "--model_s", opt.student, "--distill", opt.distill,
-                                       "--batch_size", str(opt.batch_size)])
+                                       "--batch_size", str(opt.batch_size), *(["--dot"] if opt.dot else [])])
 
 
 class Steps:
@@ -127,7 +129,7 @@ def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device,
         student.to(memory_format=torch.channels_last)
     method = build_method_for(mopt, student, teacher, torch.randn(2, 3, 32, 32, device=device), n_data)
     step = DistillStep(student, teacher, method, loss_weights(mopt.method),
-                       compile=fast and opt.compile, device=device)
+                       compile=fast and opt.compile, device=device, dot=mopt.optim.dot)
     return TrialParts(mopt, student, method, step, Steps(train_loader))
 
 
@@ -232,7 +234,7 @@ def main(argv=None) -> dict:
         "peak_mem_mb": round(fast["peak_mem_mb"], 1),
         "config": {"teacher": opt.teacher, "student": opt.student, "distill": opt.distill,
                    "batch_size": opt.batch_size, "steps": opt.steps, "amp": opt.amp,
-                   "compile": opt.compile, "trials_mode": opt.trials_mode},
+                   "compile": opt.compile, "trials_mode": opt.trials_mode, "dot": opt.dot},
     }
     if several:
         cell_s = 240 * CIFAR_TRAIN_IMAGES * opt.trials / several["img_s"]
@@ -242,7 +244,7 @@ def main(argv=None) -> dict:
     if opt.json:
         print(json.dumps(result))
         return result
-    print(f"{opt.teacher} -> {opt.student} ({opt.distill}), batch {opt.batch_size}, "
+    print(f"{opt.teacher} -> {opt.student} ({opt.distill}{' + DOT' if opt.dot else ''}), batch {opt.batch_size}, "
           f"{opt.steps} timed steps, device {result['device']}")
     if classic:
         print(f"classic path (torchvision loader, separate branches, fp32, eager): "

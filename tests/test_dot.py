@@ -24,6 +24,7 @@ from helper.distributed import DistContext
 from engine.stepping import SharedTeacher
 from engine.trials import TrialParts, stepping_for
 from tests.cli_helpers import FAST, TEACHER_LAST, exit_message, teacher_workdir
+from tests.test_reviewkd_ofd import small_digits_teacher
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "peer_reference", "dot.json")
 CPU = torch.device("cpu")
@@ -363,3 +364,22 @@ def test_summarize_labels_dot_runs_and_shows_kd_dot_numbers(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| kd (dot) | 75.20 ± 0.28 (2) [75.12, +0.08] |" in out
     assert "DOT (Zhao et al., ICCV 2023): mdistiller README" in out
+
+
+def test_ctkd_with_dot_trains_on_digits(tmp_path, monkeypatch, capsys):
+    """CTKD under DOT on the digits set (two steps of 16) through ``train_student.main``: the run
+    folder says both, the checkpoint holds the learned temperature and both momentum buffers of
+    the optimizer, and the epoch's mean temperature is in the metrics."""
+    teacher = small_digits_teacher(tmp_path, monkeypatch)
+    last = train_student.main(["--dataset", "digits", "--path_t", teacher, "--model_s", "resnet8",
+                               "--batch_size", "16", "--num_workers", "0", "--seed", "0", "--epochs", "1",
+                               "--distill", "ctkd", "--dot"])
+    assert 0 <= last["test_acc"] <= 100
+    folder = tmp_path / "save" / "student_model" / "S_resnet8_T_resnet8_digits_ctkd_dot_r_0.1_a_0.9_b_0.0_1"
+    saved = torch.load(folder / "resnet8_last.pth", weights_only=True)
+    assert any("theta" in key for key in saved["method"])
+    buffers = [set(state) for state in saved["optimizer"]["state"].values()]
+    assert any(TASK_BUFFER in b and DISTILL_BUFFER in b for b in buffers)
+    metrics = json.loads((folder / "test_last_metrics.json").read_text())
+    assert metrics["epoch"] == 1 and metrics["config"]["dot"] is True
+    assert "Traceback" not in capsys.readouterr().err

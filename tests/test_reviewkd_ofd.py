@@ -221,15 +221,22 @@ def small_digits(full=dataset.digits.load_digits_data):
                    test_images=data.test_images[:32], test_labels=data.test_labels[:32])
 
 
-def test_reviewkd_and_ofd_train_on_digits(tmp_path, monkeypatch, capsys):
-    """Both methods through ``train_student.main`` with their recipes (run folder, saved method
-    state); OFD's run then resumed for a second epoch, which goes on training its connectors."""
+def small_digits_teacher(tmp_path, monkeypatch) -> str:
+    """Work in ``tmp_path`` on :func:`small_digits` with a random resnet8 teacher (seed 0) saved
+    where the scripts look for it; its path."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(dataset.digits, "load_digits_data", small_digits)
     torch.manual_seed(0)
     teacher = os.path.join("save", "models", "resnet8_vanilla", "ckpt_epoch_240.pth")
     os.makedirs(os.path.dirname(teacher))
     torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict()}, teacher)
+    return teacher
+
+
+def test_reviewkd_and_ofd_train_on_digits(tmp_path, monkeypatch, capsys):
+    """Both methods through ``train_student.main`` with their recipes (run folder, saved method
+    state); OFD's run then resumed for a second epoch, which goes on training its connectors."""
+    teacher = small_digits_teacher(tmp_path, monkeypatch)
     common = ["--dataset", "digits", "--path_t", teacher, "--model_s", "resnet8", "--batch_size", "16",
               "--num_workers", "0", "--seed", "0", "--print_freq", "100", "--lr_decay_epochs", "1"]
     saved = {}
