@@ -123,13 +123,23 @@ def test_an_interrupted_line_stops_the_script(tmp_path):
         f"error: interrupted at line {stop + 1} of run_kdrefine.sh")
 
 
+def as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT handled by default and not blocked, as in a terminal's
+    shell. A disposition ignored or a mask blocked in the test process (a pytest worker, a thread
+    of an earlier test's job runner) is inherited across exec, and bash cannot trap a signal
+    that was ignored when it started: it would run every line through the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_stops_the_script(tmp_path):
     """SIGINT to the foreground process group (Ctrl-C) during a line: no later line runs."""
     calls = tmp_path / "calls.log"
     teachers = [student_of(words) for words in generated_lines("run_cifar_vanilla.sh")]
     proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_cifar_vanilla.sh")], cwd=tmp_path,
                             env=stand_in_env(tmp_path, PAUSE_ON=f"--model {teachers[1]}"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 20
     while not os.path.exists(f"{calls}.paused") and time.monotonic() < deadline:
         time.sleep(0.05)
