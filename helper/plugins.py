@@ -103,6 +103,15 @@ def _import_file(path: str) -> ModuleType:
     return module
 
 
+def relative_to(name: str, folder: str) -> str:
+    """A plugin named in a file that lies in ``folder`` (an experiment file): a ``.py`` path is
+    taken relative to ``folder`` (``~`` expanded; an absolute one as it is), a module name is
+    left as it is (imported from the current directory or ``PYTHONPATH``)."""
+    if not _is_path(name):
+        return name
+    return os.path.normpath(os.path.join(folder, os.path.expanduser(name)))
+
+
 def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
     """Declare ``--plugin`` on an entry script's parser (for ``--help`` and the configuration;
     the modules were imported before the parser was built, :func:`import_plugins`)."""

@@ -14,6 +14,14 @@ its resolved configuration is what that command's ``--print_config`` prints, com
 this process (:func:`train_student.parse_option`), so the run folder of every command is known
 before anything runs.
 
+A table whose method, model, block type or data set comes from a plugin (:mod:`helper.plugins`)
+names it in the file, ``plugins: [my_method.py]``: a ``.py`` path relative to the experiment
+file, or a module name importable from the current directory or ``PYTHONPATH``. The plugins
+belong to the table, not to one invocation of this script: they are imported before its columns
+are checked, and every command carries them (``--plugin <path from the current directory>``),
+so each run records them in its configuration and a rerun finds its finished runs done.
+``--plugin`` on this script's own command line is refused with a line saying so.
+
 Jobs go through submitit: ``--executor local`` runs them as local jobs, one per GPU
 (``CUDA_VISIBLE_DEVICES``) or ``--max_parallel`` at a time on the CPU; ``--executor slurm``
 submits one job array, a job of several nodes or GPUs running ``torchrun`` on each node with
@@ -57,6 +65,7 @@ from distiller_zoo import method_names  # noqa: E402
 from engine.trials import trial_configs  # noqa: E402
 from helper.checkpoint import load_checkpoint  # noqa: E402
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
+from helper.plugins import FLAG as PLUGIN_FLAG, import_plugin, relative_to  # noqa: E402
 from helper.run_folder import process_alive  # noqa: E402
 from scripts.run_trials import (RESUME, SKIP, TeacherHashes, Trial, base_seed,  # noqa: E402
                                 decide, with_trial)
@@ -66,7 +75,8 @@ PROGRAM = ("python", "train_student.py")  # what --dry_run prints: the line a us
 #: what a job runs (the folder the table was started in need not be the repository's)
 TRAIN_STUDENT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "train_student.py")
-TABLE_KEYS = {"name", "title", "dataset", "trials", "teachers", "flags", "rows", "columns", "cells"}
+TABLE_KEYS = {"name", "title", "dataset", "trials", "teachers", "flags", "rows", "columns", "cells",
+              "plugins"}
 COLUMN_KEYS = {"distill", "flags", "student", "source"}
 ROW_KEYS = {"teacher", "student", "rep"}
 CELL_KEYS = {"flags", "source", "skip"}
@@ -84,7 +94,8 @@ class Table:
     """An experiment file, checked: rows ``"T -> S"`` with their teacher, plain and rep student;
     columns with their ``--distill``, flags, which student and where their values come from;
     per-cell flags or ``skip`` (``cells``) and where each comes from, or why it is skipped
-    (``sources``)."""
+    (``sources``); the ``--plugin`` values of every run (``plugins``, paths from the current
+    directory)."""
 
     path: str
     name: str
@@ -97,6 +108,7 @@ class Table:
     columns: dict[str, dict]
     cells: dict[tuple[str, str], str]
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
 
     def skipped(self, row: str, column: str) -> bool:
         return self.cells.get((row, column), "").strip() == SKIPPED
@@ -112,12 +124,13 @@ class Table:
 
     def cell_flags(self, row: str, column: str) -> tuple[str, ...] | None:
         """The ``train_student.py`` flags of a cell, less ``--path_t`` and ``--trial`` (None for
-        a skipped cell): student, method, data set, then the column's, the cell's and the
-        table's flags."""
+        a skipped cell): the plugins, student, method, data set, then the column's, the cell's
+        and the table's flags."""
         if self.skipped(row, column):
             return None
         column_def = self.columns[column]
-        return ("--model_s", self.student(row, column), "--distill", column_def["distill"],
+        plugins = tuple(flag for name in self.plugins for flag in (PLUGIN_FLAG, name))
+        return (*plugins, "--model_s", self.student(row, column), "--distill", column_def["distill"],
                 "--dataset", self.dataset, *_split(column_def.get("flags"), column),
                 *_split(self.cells.get((row, column), ""), row), *self.flags)
 
@@ -235,6 +248,22 @@ def _cells(raw: object, path: str, rows: dict, columns: dict
     return cells, sources
 
 
+def load_plugins(raw: object, path: str) -> tuple[str, ...]:
+    """Import the file's ``plugins`` (before its columns are checked: a method they register is
+    a column's choice); their ``--plugin`` values, a path taken relative to the file."""
+    names = [raw] if isinstance(raw, str) else raw if raw is not None else []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise UserError(f"{path}: 'plugins' must be a list of module names or .py paths "
+                        f"(relative to the file), got {raw!r}")
+    plugins = tuple(relative_to(name, os.path.dirname(path)) for name in names)
+    for name in plugins:
+        try:
+            import_plugin(name)
+        except UserError as err:
+            raise UserError(f"{path}: plugins: {err}") from None
+    return plugins
+
+
 def read_yaml(path: str) -> dict:
     """The experiment file as a mapping (PyYAML's safe_load), or one line saying what is wrong."""
     try:
@@ -260,12 +289,13 @@ def load_table(path: str, teachers: str | None = None) -> Table:
     if not isinstance(pattern, str) or "{t}" not in pattern:
         raise UserError(f"{path}: the teacher pattern {pattern!r} must contain {{t}}, the "
                         "teacher's name")
+    plugins = load_plugins(raw.get("plugins"), path)
     rows, columns = _rows(raw.get("rows"), path), _columns(raw.get("columns"), path)
     name = raw.get("name") or os.path.splitext(os.path.basename(path))[0]
     cells, sources = _cells(raw.get("cells"), path, rows, columns)
     return Table(path, str(name), _text(raw.get("title", name), f"{path}: title"),
                  str(raw.get("dataset", DEFAULT_DATASET)), trials, pattern,
-                 _split(raw.get("flags"), f"{path}: flags"), rows, columns, cells, sources)
+                 _split(raw.get("flags"), f"{path}: flags"), rows, columns, cells, sources, plugins)
 
 
 def expand(table: Table) -> list[Cell]:
@@ -792,6 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run this instead of 'python <repository>/train_student.py' (a "
                              "stand-in for tests; --dry_run and the plans use train_student.py's "
                              "flags)")
+    parser.add_argument(PLUGIN_FLAG, action="append", default=None,
+                        help=argparse.SUPPRESS)  # refused (check_args): the file names them
     group = parser.add_argument_group("local executor")
     group.add_argument("--gpus", default=None,
                        help="GPU ids, one run per GPU (default: every visible GPU; '' for CPU)")
@@ -835,7 +867,12 @@ def run_cells(plans: list[Plan], book: JobBook, args: argparse.Namespace, table:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """One line for flags that cannot go together."""
+    """One line for flags that cannot go together, or that belong in the experiment file."""
+    if args.plugin:
+        raise UserError(f"{PLUGIN_FLAG} belongs in the experiment file: name the plugins there "
+                        f"({args.experiment}: 'plugins: [{', '.join(args.plugin)}]', a .py path "
+                        "relative to the file or a module name), so that every run of the table "
+                        "records them")
     if args.max_parallel < 1 or args.nodes < 1 or args.array_parallelism < 1:
         raise UserError("--max_parallel, --nodes and --array_parallelism must be at least 1")
     if args.pack_trials and args.executor == "slurm" and args.nodes * max(1, args.gpus_per_job) > 1:

@@ -1,8 +1,10 @@
-"""scripts/run_table.py: experiment files expand to train_student.py commands; the local
-executor (submitit, real subprocess jobs, a stand-in training program) runs, reruns only what
-is unfinished and reports status; the SLURM path against stand-in sbatch/sacct commands."""
+"""scripts/run_table.py: experiment files expand to train_student.py commands (a column's method
+may come from a plugin the file names); the local executor (submitit, real subprocess jobs, a
+stand-in training program, and a digits table of real train_student.py runs) runs, reruns only
+what is unfinished and reports status; the SLURM path against stand-in sbatch/sacct commands."""
 from __future__ import annotations
 
+import builtins
 import csv
 import json
 import os
@@ -17,11 +19,15 @@ import pytest
 import submitit
 
 import train_student
+from dataset import DEFAULT_DATASET, num_classes
 from distiller_zoo import get_method
+from distiller_zoo.methods import METHODS
 from helper.checkpoint import save_checkpoint
 from models import model_dict
 from scripts import run_table
-from tests.cifar_fixtures import write_fake_cifar100
+from tests.cli_helpers import exit_message
+from tests.test_extending import examples
+from tests.test_plugins import plugin_dir  # noqa: F401  (a fixture: noop_plugin, broken_plugin)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "experiments")
@@ -220,6 +226,73 @@ def test_a_broken_experiment_file_is_one_line(tmp_path, capsys, text, fragment):
     assert err.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+@pytest.fixture
+def method_plugin(plugin_dir, monkeypatch):  # noqa: F811
+    """The current directory (test_plugins' ``plugin_dir``: noop_plugin.py, broken_plugin.py)
+    with ``plugins/my_method.py``, the README's plugin method ``--distill emse``
+    (tests/test_extending.py runs it as printed); the method registry as it was afterwards, and
+    no count of noop_plugin's imports left behind."""
+    (plugin_dir / "plugins").mkdir()
+    (plugin_dir / "plugins" / "my_method.py").write_text(examples()["my_method.py"])
+    monkeypatch.delitem(sys.modules, "my_method", raising=False)
+    registered = dict(METHODS)
+    yield plugin_dir
+    METHODS.clear()
+    METHODS.update(registered)
+    sys.modules.pop("my_method", None)
+    vars(builtins).pop("NOOP_IMPORTS", None)
+
+
+PLUGIN_TABLE = """
+plugins: [../plugins/my_method.py, noop_plugin]
+rows: [{teacher: resnet8, student: resnet8}]
+columns: {EMSE: {distill: emse, flags: --emse_normalize 0}}
+"""
+
+
+def test_a_plugin_method_is_a_column_and_every_command_carries_the_plugins(method_plugin, capsys):
+    """The file's plugins are imported before its columns are checked (a path relative to the
+    file, a module name as for --plugin); each command carries them as paths from the current
+    directory, train_student.py's parser takes the line, and the configuration a finished run is
+    compared with records them."""
+    (method_plugin / "tables").mkdir()
+    (method_plugin / "tables" / "t.yaml").write_text(PLUGIN_TABLE)
+    assert "emse" not in METHODS
+    assert run_table.main(["tables/t.yaml", "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["python train_student.py --path_t save/models/resnet8_vanilla/ckpt_epoch_240.pth "
+                     "--plugin plugins/my_method.py --plugin noop_plugin --model_s resnet8 --distill emse "
+                     f"--dataset {DEFAULT_DATASET} --emse_normalize 0 --trial 1"]
+    config = train_student.student_config(train_student.parse_option(shlex.split(lines[0])[2:]))
+    assert (config["distill"], config["emse_normalize"]) == ("emse", 0)
+    assert config["plugin"] == ["plugins/my_method.py", "noop_plugin"]
+    [cell] = run_table.expand(run_table.load_table("tables/t.yaml"))
+    assert run_table.resolved(cell, {})["plugin"] == config["plugin"]
+
+
+@pytest.mark.parametrize("plugins, fragment", [
+    ("[noop_plugin]", "column X: 'distill' must be one of "),
+    ("[../plugins/my_method.py]", ", emse, "),  # the plugin's method is listed among the known
+    ("[broken_plugin]", "t.yaml: plugins: --plugin broken_plugin: importing it failed (RuntimeError: "
+                        "the plugin is broken)"),
+    ("[../nowhere/my_method.py]", "t.yaml: plugins: --plugin nowhere/my_method.py: no such file"),
+    ("{noop_plugin: 1}", "'plugins' must be a list of module names or .py paths"),
+])
+def test_an_unknown_column_method_or_a_broken_plugin_is_one_line(method_plugin, capsys, plugins, fragment):
+    (method_plugin / "tables").mkdir()
+    (method_plugin / "tables" / "t.yaml").write_text(
+        f"plugins: {plugins}\nrows: [{{teacher: a, student: b}}]\ncolumns: {{X: {{distill: nope}}}}\n")
+    line = exit_message(capsys, run_table.main, ["tables/t.yaml", "--dry_run"])
+    assert fragment in line, line
+
+
+def test_plugin_on_the_command_line_is_one_line_pointing_to_the_file(capsys):
+    line = exit_message(capsys, run_table.main, [os.path.join(EXPERIMENTS, "dkd_table.yaml"), "--dry_run",
+                                                 "--plugin", "my_method.py"])
+    assert line.startswith("error: --plugin belongs in the experiment file: name the plugins there")
+    assert "'plugins: [my_method.py]'" in line
 
 
 @pytest.fixture
@@ -425,32 +498,33 @@ def test_slurm_multi_node_jobs_run_torchrun_on_each_node(slurm, monkeypatch):
 
 REAL = """
 name: real
-dataset: cifar100
+dataset: digits
 trials: 2
 teachers: teachers/{t}.pth
-flags: --epochs 2 --batch_size 32 --num_workers 0 --device cpu --print_freq 1
+plugins: [plugins/my_method.py]
+flags: --epochs 1 --batch_size 256 --num_workers 0 --device cpu --print_freq 100
 rows:
   - {teacher: resnet8, student: resnet8}
   - {teacher: resnet14, student: resnet8}
 columns:
   KD: {distill: kd}
-  AT: {distill: attention}
+  EMSE: {distill: emse}
 """
 
 
 @pytest.fixture
-def real_table(tmp_path, monkeypatch):
-    """A 2 × 2 × 2 table of real train_student.py runs in a scratch folder: small CIFAR-100-format
-    files (64 training images: 2 steps of 32 per epoch, 2 epochs) and two untrained teachers that
-    record their architecture."""
-    monkeypatch.chdir(tmp_path)
-    write_fake_cifar100(tmp_path / "data", n_train=64, n_test=64, seed=0)
-    (tmp_path / "teachers").mkdir()
+def real_table(method_plugin):
+    """A 2 × 2 × 2 table of real train_student.py runs in a scratch folder, on the offline digits
+    set (one epoch of batches of 256), its second column the README's plugin method, with two
+    untrained teachers of the set's class count that record their architecture."""
+    (method_plugin / "real.yaml").write_text(REAL)
+    table = run_table.load_table("real.yaml")
+    (method_plugin / "teachers").mkdir()
     for name in ("resnet8", "resnet14"):
-        save_checkpoint({"model": model_dict[name](num_classes=100).state_dict(), "arch": name},
-                        str(tmp_path / "teachers" / f"{name}.pth"))
-    (tmp_path / "real.yaml").write_text(REAL)
-    return run_table.plan(run_table.expand(run_table.load_table("real.yaml")))
+        model = model_dict[name](num_classes=num_classes(table.dataset))
+        save_checkpoint({"model": model.state_dict(), "arch": name},
+                        str(method_plugin / "teachers" / f"{name}.pth"))
+    return run_table.plan(run_table.expand(table))
 
 
 def finished(plan: run_table.Plan) -> tuple[int, bytes]:
@@ -464,7 +538,8 @@ def test_real_table_runs_is_interrupted_reruns_the_rest_and_summarizes(real_tabl
     """End to end through submitit's local executor, real train_student.py processes, one job per
     cell (--pack_trials): Ctrl-C once the first cell is done stops the table (the running job is
     cancelled); --status shows 2 done, 6 missing; the same command then trains only the missing
-    runs (the finished ones untouched, byte for byte); --summarize writes the results table."""
+    runs (the finished ones untouched, byte for byte); --summarize writes the results table. The
+    plugin column's runs record the plugin, and count as done when the table is read again."""
     plans = real_table
     book_path = os.path.join("save", "tables", "real", "jobs.json")
     first = {plans[0].key, plans[1].key}
@@ -515,6 +590,8 @@ def test_real_table_runs_is_interrupted_reruns_the_rest_and_summarizes(real_tabl
     assert {p.key: finished(p) for p in plans[:2]} == before  # untouched
     jobs = json.load(open(book_path))
     assert {key: jobs[key]["job_id"] for key in first} == job_ids
+    recorded = json.loads(finished(plans[2])[1])["config"]  # the first pair's EMSE, trial 1
+    assert (recorded["distill"], recorded["plugin"]) == ("emse", ["plugins/my_method.py"])
 
     assert run_table.main(["real.yaml", "--summarize"]) == 0
     out = capsys.readouterr().out
