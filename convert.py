@@ -45,7 +45,7 @@ import os
 
 import torch
 
-from dataset import dataset_help, dataset_names, dataset_spec
+from dataset import dataset_help, dataset_names, dataset_spec, zoo_dataset
 from helper.checkpoint import atomic_write, load_checkpoint, recorded_model, with_digest
 from helper.errors import UserError, exit_on_user_error
 from helper.run_folder import check_output_file
@@ -54,7 +54,7 @@ from helper.onnx_io import OPSET, export_onnx, node_counts, parameter_count, wri
 from helper.plugins import add_plugin_flag, import_plugins
 from engine.options import (OneLineParser, blocktype_hint, check_flag_values, fitting_blocktypes,
                             flag_or_record, recorded_architecture_in)
-from engine.config import dataset_zoo
+from engine.config import check_architecture, dataset_zoo
 from models import BLOCK_TYPES, ModelZoo, reparameterize_model, zoo_of
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
@@ -176,7 +176,7 @@ def export(model: torch.nn.Module, arch: str, blocktype: str | None, zoo: ModelZ
            dataset: str | None):
     """The ONNX graph of the deployed (or plain) ``model``, for the input size of ``dataset``'s
     spec (None: that of the data set that selects the zoo), recording the data set when known."""
-    size = dataset_spec(dataset or zoo.dataset).image_size
+    size = dataset_spec(dataset or zoo_dataset(zoo.kind)).image_size
     form = "plain" if blocktype is None else "deploy"
     meta = {"arch": arch, "form": form, **({"blocktype": blocktype} if blocktype else {}),
             **({"dataset": dataset} if dataset else {})}
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = parse_option(argv)
     zoo = dataset_zoo(opt.dataset) if opt.dataset is not None else None
     if opt.arch is not None and zoo is not None:  # a misspelt -a is told before the file is read
-        zoo.check_name(opt.arch, "-a")
+        check_architecture(zoo, opt.arch, "-a")
     elif opt.arch is not None:
         zoo_of(opt.arch)
     checkpoint = load_checkpoint(opt.load)

@@ -31,12 +31,12 @@ from dataset import get_dataloaders, get_sample_dataloaders, num_classes
 from distiller_zoo import get_method, method_names
 from distiller_zoo.methods import DEFAULT_METHOD, add_method_flags
 from helper.checkpoint import load_checkpoint, rng_state, set_rng_state, write_json_atomic
-from engine.distill import (DistillStep, InitStep, build_method_for, freeze, loss_weights, set_trainable,
-                            trainable_only)
+from engine.distill import (DistillStep, InitStep, StudentParts, build_method_for, freeze, loss_weights,
+                            set_trainable, trainable_only)
 from engine.fit import EvaluateAndSave, InitStageLog, LoopSettings, Member, fit, raise_failures
 from engine.loops import make_grad_scaler, validate
 from engine.model_io import read_teacher, teacher_architecture
-from engine.stepping import OwnSteps, Stacked
+from engine.stepping import Stacked
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import UserError, exit_on_user_error
 from helper.naming import METRICS_FILE
@@ -44,11 +44,12 @@ from helper.provenance import file_sha256, project_version
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.plugins import add_plugin_flag, import_plugins
 from helper.run_folder import claimed
-from engine.config import StudentConfig, build_student_config, dataset_zoo, flat, on_device, with_section
+from engine.config import (StudentConfig, build_student_config, check_architecture, dataset_zoo, flat, on_device,
+                           with_section)
 from engine.options import (OneLineParser, add_data_flags, add_dot_flags, add_optimization_flags, add_original_flags,
                             add_run_flags, check_flag_values, counted, print_config, resolved_config)
-from engine.trainer import Run, check_resume, place_model, report_members, start_members
-from engine.trials import TrialParts, check_stacked_start, check_trials_flags, stepping_for, trial_configs
+from engine.trainer import Run, check_resume, make_optimizer, place_model, report_members, start_members
+from engine.trials import check_stacked_start, check_trials_flags, fit_trials, stepping_for, trial_configs
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict
 
@@ -106,12 +107,12 @@ def parse_option(argv: list[str] | None = None) -> StudentConfig:
     import_plugins(argv)
     flags = vars(build_parser().parse_args(argv))
     zoo = dataset_zoo(flags["dataset"])
-    zoo.check_name(flags["model_s"], "--model_s")
+    check_architecture(zoo, flags["model_s"], "--model_s")
     if not flags["path_t"]:
         raise UserError("--path_t is required: the teacher checkpoint, e.g. "
                         "save/models/resnet110_vanilla/ckpt_epoch_240.pth")
     if flags["model_t"] is not None:
-        zoo.check_name(flags["model_t"], "--model_t")
+        check_architecture(zoo, flags["model_t"], "--model_t")
     config = build_student_config(flags, env_world_size())
     check_trials_flags(config.run, env_world_size())
     check_flag_values(flat(config))
@@ -123,51 +124,122 @@ def student_config(config: StudentConfig) -> dict:
     return resolved_config(config, build_parser())
 
 
-def load_teacher(path: str, dataset: str, device: torch.device, data_folder: str = "./data",
-                 model_t: str | None = None, ckpt=None):
-    """The teacher of ``path`` (:func:`engine.model_io.read_teacher`, the loading path that
-    ``convert.py`` and ``validation.py`` share), on ``device``, frozen."""
-    arch, teacher = read_teacher(path, dataset, data_folder, model_t, ckpt)
-    return arch, freeze(teacher.to(device))
+def load_teacher(config: StudentConfig, dist: DistContext, ckpt=None) -> torch.nn.Module:
+    """The teacher of ``--path_t`` (:func:`engine.model_io.read_teacher`, the loading path that
+    ``convert.py`` and ``validation.py`` share; ``ckpt``: the file already loaded), on the
+    device, frozen. Seeds the run first: what follows is built from ``--seed``."""
+    set_seed(config.run.seed)
+    models, data = config.model, config.data
+    _, teacher = read_teacher(models.path_t, data.dataset, data.data_folder, models.model_t, ckpt)
+    return freeze(teacher.to(dist.device))
+
+
+def teacher_accuracy(config: StudentConfig, teacher: torch.nn.Module, test_loader, dist: DistContext) -> float:
+    """The teacher's test accuracy, printed (and the teacher put in the run's memory format)."""
+    teacher_acc = validate(teacher, test_loader, dist.device, dist=dist)["acc"]
+    print(f"teacher {config.model.model_t} ({config.model.path_t}) test accuracy: {teacher_acc:.2f}")
+    if config.run.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher_acc
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Distill in this process (one of several under torchrun); returns the last test metrics
-    (of the first trial with ``--trials``). The run's inputs (teacher, data, every trial's
-    student and method) are read and checked first (:func:`read_inputs`), so that a run refused
-    for them leaves no folder; then every trial's folder is claimed before anything trains, and
-    everything printed from then on (the error line too) goes into its ``train.log``."""
+    """Distill one student in this process (one of several under torchrun); returns its last
+    test metrics. ``--trials N`` goes to :func:`main_trials`, the same path for N students.
+
+    The run's inputs (teacher, data, student and method) are read and checked first, so that a
+    run refused for them leaves no folder; then the run's folder is claimed, and everything
+    printed from then on (the error line too) goes into its ``train.log``."""
     config = parse_option(argv)
     if config.run.print_config:
         return print_student_config(config)
+    if config.run.trials > 1:
+        return main_trials(config)
     started = time.time()
     with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
-        config, trials, teacher_ckpt = ready_trials(config, dist)
+        config, teacher_ckpt = ready(config, dist)
+        check_resume(config, config.model.model_s)  # --resume continues this run's own record, or one line
+        member, loss, test_loader, teacher_acc = prepare_student(config, dist, teacher_ckpt, held)
+        start_members([member], config.run.resume, dist, [student_config(config)], held)
+        print(headline(config, dist, [member]))
+        settings = LoopSettings.from_config(config, config.method.distill)
+        fit(member, loss, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)
+        return finish(config, [member], teacher_acc, dist, time.time() - started)
+
+
+def prepare_student(config: StudentConfig, dist: DistContext, teacher_ckpt,
+                    held: contextlib.ExitStack | None = None) -> tuple[Member, DistillStep, object, float]:
+    """Everything :func:`main` trains, in order: the teacher (frozen), the data, the student and
+    its method (built on a probe batch, so a method that does not fit the pair stops here,
+    before ``held`` claims the run's folder; no folder is claimed without ``held``), the
+    teacher's test accuracy, the init stage of a two-stage method, and the optimizer. Returns
+    ``(member, loss, test_loader, teacher test accuracy)``; ``loss`` is the distillation step."""
+    teacher = load_teacher(config, dist, teacher_ckpt)
+    train_loader, test_loader, n_data = loaders_for(config, dist.device, dist)
+    built = build_student(config, teacher, train_loader, test_loader, n_data, dist)
+    if held is not None:
+        hold_folders(held, [config], dist)
+    teacher_acc = teacher_accuracy(config, teacher, test_loader, dist)
+    trial = build_trial(built, teacher, dist)
+    member = student_member(trial, make_optimizer(trial.trained_parameters(), config.optim), dist)
+    return member, trial.step, test_loader, teacher_acc
+
+
+def main_trials(config: StudentConfig) -> dict[str, float]:
+    """:func:`main` for ``--trials N``: N students against one teacher, whose forward they
+    share (:mod:`engine.trials`), each with its own folder, data order, checkpoints and
+    results; every folder is claimed before anything trains. Returns the first trial's metrics."""
+    started = time.time()
+    with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
+        config, teacher_ckpt = ready(config, dist)
+        trials = trial_configs(config)
         for trial in trials:  # --resume continues each trial's own run, or one line
             check_resume(trial, trial.model.model_s)
-        inputs = read_inputs(config, dist, trials, teacher_ckpt)
-        hold_folders(held, trials, dist)
-        members, stepping, test_loader, teacher_acc = start_trials(config, dist, inputs)
+        members, stepping, test_loader, teacher_acc = prepare_trials(config, dist, trials, teacher_ckpt, held)
         start_members(members, config.run.resume, dist, [student_config(t) for t in trials], held)
         check_stacked_start(stepping, members)
         print(headline(config, dist, members, stepping))
         settings = LoopSettings.from_config(config, config.method.distill)
-        fit(members, stepping, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)
-        report_members(members)
-        write_results(config, members, teacher_acc, dist, time.time() - started)
-        raise_failures(members)
-        return members[0].last
+        fit_trials(members, stepping, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs,
+                   settings, dist)
+        return finish(config, members, teacher_acc, dist, time.time() - started)
 
 
-def ready_trials(config: StudentConfig, dist: DistContext) -> tuple[StudentConfig, list[StudentConfig], object]:
+def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig], teacher_ckpt,
+                   held: contextlib.ExitStack | None = None) -> tuple[list[Member], object, object, float]:
+    """:func:`prepare_student` for every trial of ``--trials``, with one teacher and each trial's
+    own data order, and their stepping (:func:`engine.trials.stepping_for`) in place of the
+    optimizer. Returns ``(members, stepping, test_loader, teacher test accuracy)``."""
+    teacher = load_teacher(config, dist, teacher_ckpt)
+    train_loader, test_loader, n_data = loaders_for(config, dist.device, dist)
+    loaders = [train_loader] + [train_loader.with_seed(data_seed(t.run.seed, t.run.trial)) for t in trials[1:]]
+    built = [build_student(t, teacher, loader, test_loader, n_data, dist) for t, loader in zip(trials, loaders)]
+    if held is not None:
+        hold_folders(held, trials, dist)
+    teacher_acc = teacher_accuracy(config, teacher, test_loader, dist)
+    parts = [build_trial(b, teacher, dist) for b in built]
+    stepping, optimizers = stepping_for(parts, config.run.trials_mode, dist.device, config.run.amp)
+    members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
+    return members, stepping, test_loader, teacher_acc
+
+
+def finish(config: StudentConfig, members: list[Member], teacher_acc: float, dist: DistContext,
+           wall_time_s: float) -> dict[str, float]:
+    """After the last epoch: each member's best accuracy (or why it stopped), the finished
+    ones' results written, then one line for those that stopped; the first one's metrics."""
+    report_members(members)
+    write_results(config, members, teacher_acc, dist, wall_time_s)
+    raise_failures(members)
+    return members[0].last
+
+
+def ready(config: StudentConfig, dist: DistContext) -> tuple[StudentConfig, object]:
     """What parsing cannot know, read once: the teacher file (``--path_t``), its architecture
     (:func:`with_teacher`) and the device's memory format (:func:`engine.config.on_device`).
-    Returns the run's configuration with them, each trial's (:func:`engine.trials.trial_configs`)
-    and the loaded teacher file, for :func:`read_inputs`."""
+    Returns the run's configuration with them and the loaded teacher file."""
     teacher_ckpt = load_checkpoint(config.model.path_t)
-    config = with_teacher(on_device(config, dist.device), teacher_ckpt)
-    return config, trial_configs(config), teacher_ckpt
+    return with_teacher(on_device(config, dist.device), teacher_ckpt), teacher_ckpt
 
 
 def with_teacher(config: StudentConfig, ckpt) -> StudentConfig:
@@ -196,7 +268,7 @@ def hold_folders(held: contextlib.ExitStack, trials: list[StudentConfig], dist: 
         held.enter_context(tee_to(*(os.path.join(trial.save_folder, LOG_FILE) for trial in trials)))
 
 
-def headline(config: StudentConfig, dist: DistContext, members: list[Member], stepping) -> str:
+def headline(config: StudentConfig, dist: DistContext, members: list[Member], stepping=None) -> str:
     """The line that opens the training: what is distilled, where, and where it is saved."""
     models, method = config.model, config.method
     what = (f"distilling {models.model_t} -> {models.model_s} with {method.distill} "
@@ -251,57 +323,7 @@ class BuiltStudent:
     rng: dict
 
 
-@dataclass
-class RunInputs:
-    """What :func:`read_inputs` read and checked: the frozen teacher, the test loader and every
-    trial's :class:`BuiltStudent`."""
-
-    teacher: torch.nn.Module
-    test_loader: object
-    students: list[BuiltStudent]
-
-
-def read_inputs(config: StudentConfig, dist: DistContext, trials: list[StudentConfig],
-                teacher_ckpt) -> RunInputs:
-    """The teacher (its class count and weights checked), the data and every trial's student
-    and method (built, so a method that does not fit the pair stops here), from what
-    :func:`ready_trials` returns. Nothing is written: it runs before the folders are claimed."""
-    set_seed(config.run.seed)
-    device, models = dist.device, config.model
-    _, teacher = load_teacher(models.path_t, config.data.dataset, device, config.data.data_folder,
-                              models.model_t, teacher_ckpt)
-    train_loader, test_loader, n_data = loaders_for(config, device, dist)
-    train_loaders = [train_loader] + [train_loader.with_seed(data_seed(t.run.seed, t.run.trial))
-                                      for t in trials[1:]]
-    students = [build_student(t, teacher, loader, test_loader, n_data, dist)
-                for t, loader in zip(trials, train_loaders)]
-    return RunInputs(teacher, test_loader, students)
-
-
-def start_trials(config: StudentConfig, dist: DistContext,
-                 inputs: RunInputs) -> tuple[list[Member], object, object, float]:
-    """The teacher's test accuracy (printed), every trial of the run (the init stage of
-    two-stage methods done) and their stepping (:func:`engine.trials.stepping_for`); returns
-    ``(members, stepping, test_loader, teacher test accuracy)``."""
-    device, models, teacher = dist.device, config.model, inputs.teacher
-    teacher_acc = validate(teacher, inputs.test_loader, device, dist=dist)["acc"]
-    print(f"teacher {models.model_t} ({models.path_t}) test accuracy: {teacher_acc:.2f}")
-    if config.run.channels_last:
-        teacher.to(memory_format=torch.channels_last)
-    parts = [build_trial(built, teacher, dist) for built in inputs.students]
-    stepping, optimizers = stepping_for(parts, config.run.trials_mode, device, config.run.amp)
-    members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
-    return members, stepping, inputs.test_loader, teacher_acc
-
-
-def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig],
-                   teacher_ckpt) -> tuple[list[Member], object, object, float]:
-    """:func:`read_inputs` then :func:`start_trials`, with no folder claimed in between (for
-    tools and tests that build a run without training it)."""
-    return start_trials(config, dist, read_inputs(config, dist, trials, teacher_ckpt))
-
-
-def student_member(part: TrialParts, optimizer, dist: DistContext, n_trials: int) -> Member:
+def student_member(part: StudentParts, optimizer, dist: DistContext, n_trials: int = 1) -> Member:
     """The loop's member of one trial: its run (what is saved and restored), loader and label."""
     config = part.config
     models = config.model
@@ -345,7 +367,7 @@ def build_student(config: StudentConfig, teacher: torch.nn.Module, train_loader,
     return BuiltStudent(config, student, method, train_loader, rng_state())
 
 
-def build_trial(built: BuiltStudent, teacher: torch.nn.Module, dist: DistContext) -> TrialParts:
+def build_trial(built: BuiltStudent, teacher: torch.nn.Module, dist: DistContext) -> StudentParts:
     """The init stage of a two-stage method (from the random-number states its build left, as
     if it had followed at once), then the trial's step."""
     config, student, method, run = built.config, built.student, built.method, built.config.run
@@ -355,7 +377,7 @@ def build_trial(built: BuiltStudent, teacher: torch.nn.Module, dist: DistContext
     set_trainable([method], method.trainable_modules())  # the rest of the method is idle now
     step = DistillStep(student, teacher, method, loss_weights(config.method), compile=run.compile,
                        device=dist.device, dist=dist, dot=config.optim.dot)
-    return TrialParts(config, student, method, step, built.train_loader)
+    return StudentParts(config, student, method, step, built.train_loader)
 
 
 def run_init_stage(config: StudentConfig, student: torch.nn.Module, teacher: torch.nn.Module,
@@ -377,9 +399,8 @@ def run_init_stage(config: StudentConfig, student: torch.nn.Module, teacher: tor
             SummaryWriter(config.tb_folder) if dist.is_main else contextlib.nullcontext() as writer:
         init_run = Run(name=config.model.model_s, save_folder=config.save_folder, train_modules=modules,
                        eval_model=student, optimizer=optimizer, state_modules={})
-        member = Member(config, init_run, train_loader, label=f"{label}init ", writer=writer)
-        stepping = OwnSteps([InitStep(student, teacher, method, dist=dist)], eval_modules=(student,))
-        fit([member], stepping, policy, epochs,
+        member = Member(config, init_run, train_loader, label=f"{label}init ", writer=writer, eval_modules=(student,))
+        fit(member, InitStep(student, teacher, method, dist=dist), policy, epochs,
             LoopSettings(print_freq=run.print_freq, desc=f"{config.method.distill} init"), dist)
     raise_failures([member])
     return policy.losses

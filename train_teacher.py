@@ -25,15 +25,14 @@ from dataset import get_dataloaders, num_classes
 from engine.distill import compile_fn
 from helper.distributed import DistContext, distributed, env_world_size
 from helper.errors import exit_on_user_error
-from engine.config import TeacherConfig, build_teacher_config, dataset_zoo, flat, on_device
+from engine.config import TeacherConfig, build_teacher_config, check_architecture, dataset_zoo, flat, on_device
 from engine.options import (OneLineParser, add_data_flags, add_optimization_flags, add_original_flags,
                             add_run_flags, check_flag_values, counted, print_config, resolved_config)
 from helper.logging_utils import LOG_FILE, tee_to
 from helper.plugins import add_plugin_flag, import_plugins
 from helper.run_folder import claimed
-from engine.fit import EvaluateAndSave, LoopSettings, Member, fit, raise_failures
+from engine.fit import EvaluateAndSave, LoopSettings, LossFn, Member, fit, raise_failures
 from engine.loops import make_grad_scaler
-from engine.stepping import OwnSteps
 from engine.trainer import Run, check_resume, make_optimizer, place_model, report_members, start_members
 from helper.util import data_seed, set_seed
 from models import imagenet_model_dict, model_dict
@@ -58,7 +57,7 @@ def parse_option(argv: list[str] | None = None) -> TeacherConfig:
     the ``--plugin`` modules are imported first, so that their registrations are choices."""
     import_plugins(argv)
     flags = vars(build_parser().parse_args(argv))
-    dataset_zoo(flags["dataset"]).check_name(flags["model"], "--model")
+    check_architecture(dataset_zoo(flags["dataset"]), flags["model"], "--model")
     config = build_teacher_config(flags, env_world_size())
     check_flag_values(flat(config))
     return config
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with distributed(run.device, run.dist_timeout) as dist, contextlib.ExitStack() as held:
         config = on_device(config, dist.device)
         check_resume(config, config.model.model)  # --resume continues this run, or one line
-        member, stepping, test_loader = prepare(config, dist)  # before any folder is made
+        member, loss, test_loader = prepare(config, dist)  # before any folder is made
         held.enter_context(claimed(config.save_folder, config.tb_folder, run.resume, run.overwrite,
                                    teacher_config(config), enabled=dist.is_main))
         if dist.is_main:
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"training {config.model.model} on {config.data.dataset} for {counted(config.optim.epochs, 'epoch')} on "
               f"{dist.device}{processes}; saving to {config.save_folder}")
         settings = LoopSettings.from_config(config, config.model.model)
-        fit([member], stepping, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)
+        fit(member, loss, EvaluateAndSave(test_loader, dist, settings), config.optim.epochs, settings, dist)
         report_members([member])
         raise_failures([member])
         return member.last
@@ -99,8 +98,8 @@ def teacher_config(config: TeacherConfig) -> dict:
     return resolved_config(config, build_parser())
 
 
-def prepare(config: TeacherConfig, dist: DistContext) -> tuple[Member, OwnSteps, object]:
-    """Data, model, optimizer and loss of the teacher run: ``(member, stepping, test_loader)``."""
+def prepare(config: TeacherConfig, dist: DistContext) -> tuple[Member, LossFn, object]:
+    """Data, model, optimizer and loss of the teacher run: ``(member, loss, test_loader)``."""
     run, data, arch = config.run, config.data, config.model.model
     set_seed(run.seed)
     device = dist.device
@@ -122,7 +121,7 @@ def prepare(config: TeacherConfig, dist: DistContext) -> tuple[Member, OwnSteps,
                       optimizer=optimizer, state_modules={"model": model}, extra_state={"arch": arch},
                       save_freq=run.save_freq)
     member = Member(config, trained_run, train_loader, scaler=make_grad_scaler(device, run.amp))
-    return member, OwnSteps([lambda batch, epoch: step(batch.images, batch.target)]), test_loader
+    return member, lambda batch, epoch: step(batch.images, batch.target), test_loader
 
 
 if __name__ == "__main__":

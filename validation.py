@@ -53,7 +53,7 @@ from engine.options import (IgnoredFlag, OneLineParser, blocktype_hint, check_fl
                             recorded_architecture_in, str2bool)
 from helper.plugins import add_plugin_flag, import_plugins
 from helper.util import resolve_device
-from engine.config import dataset_zoo
+from engine.config import check_architecture, dataset_zoo
 from models import BLOCK_TYPES, zoo_of
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
@@ -196,7 +196,7 @@ def check_model_name(opt: argparse.Namespace) -> None:
     if opt.model is None:
         return
     if opt.dataset is not None:
-        dataset_zoo(opt.dataset).check_name(opt.model, "--model")
+        check_architecture(dataset_zoo(opt.dataset), opt.model, "--model")
     else:
         zoo_of(opt.model)
 

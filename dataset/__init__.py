@@ -1,9 +1,10 @@
 """Data sets of the benchmark, by name: ``cifar100`` (Krizhevsky 2009; the CRD benchmark of
 Tian et al., ICLR 2020), ``digits`` (scikit-learn's 8x8 handwritten digits, an offline
 stand-in) and ``imagenet`` (an ImageFolder tree, :mod:`dataset.imagenet`; its class count is
-read from the folder), and any set registered with :func:`register_dataset` (a file of its own
-imported before the command line is parsed). Unknown names raise
-:class:`helper.errors.UserError` listing the known ones.
+read from the folder), and any set registered with :func:`register_dataset`: a built-in set is
+one file in this folder (importing :mod:`dataset` imports every module of it, so the file needs
+no import line anywhere), another a file of its own imported before the command line is parsed
+(``--plugin``). Unknown names raise :class:`helper.errors.UserError` listing the known ones.
 
 What each set is (classes, statistics, schedule, loaders, model zoo) is its
 :class:`dataset.registry.DatasetSpec`; the functions here ask :func:`dataset_spec` and never
@@ -16,6 +17,8 @@ reads its shard of every training epoch and an exact shard of the test split
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 import torch
@@ -23,8 +26,9 @@ from torch import Tensor
 
 from dataset.loaders import LOADER_KINDS, ContrastConfig, Loader, LoaderOptions
 from dataset.registry import (DatasetSpec, Schedule, dataset_help, dataset_names, dataset_spec,
-                              register_dataset)
-# the built-in data sets, each one file registering its spec (in the order --dataset lists them)
+                              register_dataset, zoo_dataset)
+# the benchmark's data sets, each one file registering its spec, first in --dataset's list in
+# this order (any other module of this folder is imported at the end of this file)
 from dataset import cifar100, digits, imagenet  # noqa: F401  (each registers its set)
 from dataset.cifar100 import CIFAR_SCHEDULE
 from dataset.imagenet import IMAGENET_SCHEDULE
@@ -33,12 +37,15 @@ from helper.errors import UserError
 #: The data set of ``--dataset`` when the flag is left out (and of a file that records none):
 #: CIFAR-100, the CRD benchmark's.
 DEFAULT_DATASET = cifar100.SPEC.name
+#: The built-in set that needs no download (scikit-learn's bundled digits): the offline tour of
+#: ``scripts/quickstart.py``.
+OFFLINE_DATASET = digits.SPEC.name
 
 __all__ = ["CIFAR_SCHEDULE", "DEFAULT_DATASET", "IMAGENET_SCHEDULE", "LOADER_KINDS",
-           "ContrastConfig", "DatasetSpec", "LoaderOptions", "Schedule", "dataset_help",
-           "dataset_names", "dataset_spec", "default_loader", "get_dataloaders",
+           "OFFLINE_DATASET", "ContrastConfig", "DatasetSpec", "LoaderOptions", "Schedule",
+           "dataset_help", "dataset_names", "dataset_spec", "default_loader", "get_dataloaders",
            "get_sample_dataloaders", "get_test_loader", "load_test_split", "num_classes",
-           "normalization", "register_dataset", "sample_k"]
+           "normalization", "register_dataset", "sample_k", "zoo_dataset"]
 
 
 def num_classes(dataset: str, data_folder: str | Path = "./data") -> int:
@@ -117,3 +124,11 @@ def get_test_loader(dataset: str, batch_size: int = 64, num_workers: int = 0,
     DataLoader with that many workers."""
     return dataset_spec(dataset).test_loader(LoaderOptions(
         batch_size=batch_size, num_workers=num_workers, data_folder=data_folder, device=device))
+
+
+# Last, so that a set's file may import anything of this package: every module of this folder,
+# by file name, so that a built-in data set added as dataset/<name>.py registers itself (listed
+# after the three above) with no import line here.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module

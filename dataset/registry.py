@@ -8,13 +8,14 @@ architectures come from. The functions of :mod:`dataset` ask the spec and never 
 data-set name.
 
 This module is the mechanism only: a data set is one file that registers its spec with
-:func:`register_dataset` (the built-in ones in :mod:`dataset.cifar100`, :mod:`dataset.digits`
-and :mod:`dataset.imagenet`, imported by :mod:`dataset`; a new one from a file of its own, e.g.
-with an entry script's ``--plugin``). :func:`dataset_names` and :func:`dataset_spec` read the
-registry when called, so a set registered before the command line is parsed is a ``--dataset``
-choice of every entry script. Unknown names raise a one-line :class:`helper.errors.UserError`
-listing the known ones. No module outside :mod:`dataset` names a data set
-(``tests/test_dataset_names.py``); the default of ``--dataset`` is :data:`dataset.DEFAULT_DATASET`.
+:func:`register_dataset` (the built-in ones in :mod:`dataset.cifar100`, :mod:`dataset.digits`,
+:mod:`dataset.imagenet` and any other file of the folder, all imported by :mod:`dataset`; one
+outside the tree from a file of its own, with an entry script's ``--plugin``).
+:func:`dataset_names` and :func:`dataset_spec` read the registry when called, so a set
+registered before the command line is parsed is a ``--dataset`` choice of every entry script.
+Unknown names raise a one-line :class:`helper.errors.UserError` listing the known ones. No
+module outside :mod:`dataset` names a data set (``tests/test_dataset_names.py``); the default of
+``--dataset`` is :data:`dataset.DEFAULT_DATASET`.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ Normalization = tuple[Stats, Stats]
 Loaders = tuple[Loader, Loader, int]
 
 __all__ = ["MODEL_ZOOS", "DatasetSpec", "Schedule", "dataset_help", "dataset_names", "dataset_spec",
-           "register_dataset", "requested_k"]
+           "register_dataset", "requested_k", "zoo_dataset"]
 
 #: The model zoos a spec may name (:func:`models.zoo_named`).
 MODEL_ZOOS = ("cifar", "imagenet")
@@ -127,6 +128,16 @@ def dataset_spec(name: str) -> DatasetSpec:
     if spec is None:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
     return spec
+
+
+def zoo_dataset(model_zoo: str) -> str:
+    """The ``--dataset`` that selects model zoo ``model_zoo`` (a :data:`MODEL_ZOOS` kind): the
+    first registered set whose spec names it, e.g. for a hint that a model belongs to another
+    data set's zoo (models/ cannot name data sets). A ``ValueError`` when no set names it."""
+    for spec in _SPECS.values():
+        if spec.model_zoo == model_zoo:
+            return spec.name
+    raise ValueError(f"no registered data set uses the model zoo {model_zoo!r}")
 
 
 def dataset_help() -> str:

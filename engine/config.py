@@ -22,14 +22,14 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterator, Mapping, TypeVar
 
-from dataset import dataset_spec, default_loader, sample_k
+from dataset import dataset_spec, default_loader, sample_k, zoo_dataset
 from distiller_zoo.methods import Params, SharedParams, get_method, method_params_classes
 from helper.errors import UserError
 from helper.naming import STUDENT_SAVE_ROOT, run_name_of
 from helper.plugins import recorded_plugins
 from helper.util import dataclass_from_flags, parse_decay_epochs
 from models import zoo_named
-from models.registry import ModelRegistry
+from models.registry import ZOOS, ModelRegistry
 
 S = TypeVar("S", bound="Section")
 C = TypeVar("C", bound="TrainingConfig")
@@ -273,6 +273,16 @@ class StudentConfig(TrainingConfig):
 def dataset_zoo(dataset: str) -> ModelRegistry:
     """The model zoo that data set ``dataset``'s spec names (CIFAR's or ImageNet's)."""
     return zoo_named(dataset_spec(dataset).model_zoo)
+
+
+def check_architecture(zoo: ModelRegistry, name: str, flag: str) -> str:
+    """``name`` if ``zoo`` has it; a name of another zoo is one line saying which ``--dataset``
+    selects that zoo (:func:`dataset.zoo_dataset`); any other is the zoo's unknown-name error."""
+    other = next((z for z in ZOOS.values() if z is not zoo and name in z.models), None)
+    if name not in zoo.models and other is not None:
+        raise UserError(f"{flag} {name} is {other.name} model; pass --dataset "
+                        f"{zoo_dataset(other.kind)}, or one of: {', '.join(sorted(zoo.models))}")
+    return zoo.check_name(name, flag)
 
 
 def on_device(config: C, device) -> C:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
 import torch
@@ -298,3 +299,19 @@ class InitStep:
         with torch.no_grad():
             feat_t, _ = self.teacher(batch.images, is_feat=True, preact=self.method.preact_for(teacher=True))
         return self._loss(batch.images, [f.detach() for f in feat_t])
+
+
+@dataclass
+class StudentParts:
+    """What one student run trains, before the loop's member is assembled: its configuration,
+    student, method, distillation step (its loss: ``step(batch, epoch)``) and training loader."""
+
+    config: StudentConfig
+    student: nn.Module
+    method: nn.Module
+    step: DistillStep
+    train_loader: object
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What its optimizer steps: the student's parameters and the method's trained modules'."""
+        return [p for m in (self.student, *self.method.trainable_modules()) for p in m.parameters()]

@@ -1,42 +1,42 @@
-"""The one epoch loop and the one fit loop of the project.
+"""The training loop: :func:`fit` → :func:`run_epoch` → :func:`engine.loops.optimize`.
 
-Everything that trains goes through :func:`fit` → :func:`run_epoch` → a stepping strategy
-(:mod:`engine.stepping`): a teacher (``train_teacher.py``), a student run, the N trials of
-``--trials`` (shared teacher forward or stacked students) and the init stage of AB/FT/FSP. A
-single run is a run of one :class:`Member`.
-
-What differs between those is said by two small objects, never by branches in the loops:
-
-* the **stepping** (how one step of all live members is taken: :class:`engine.stepping.OwnSteps`,
-  :class:`~engine.stepping.SharedTeacher`, :class:`~engine.stepping.Stacked`);
-* the **epoch policy** (what happens around an epoch: :class:`EvaluateAndSave` sets the
-  scheduled learning rate, evaluates, logs and writes checkpoints; :class:`InitStageLog` keeps
-  the init stage's learning rate and only logs its loss).
+One model trains here, read top to bottom: each epoch its policy starts it (learning rate,
+loader epoch), :func:`run_epoch` takes one optimizer step per batch on the run's loss
+(``loss(batch, epoch) -> (loss, logits)``), and the policy ends it (evaluate, log, save). A
+teacher (``train_teacher.py``), a student run and the init stage of AB/FT/FSP are each one
+:class:`Member` with its loss; what differs between them is said by the **epoch policy**
+(:class:`EvaluateAndSave` sets the scheduled learning rate, evaluates, logs and writes
+checkpoints; :class:`InitStageLog` keeps the init stage's learning rate and only logs its loss),
+never by branches in the loop. ``--trials N`` extends this loop to N members stepped together
+(:func:`engine.trials.fit_trials`), from the same pieces.
 
 The epoch is an argument of every step: nothing reaches the loss through a side channel.
 Losses, accuracies and named loss terms accumulate on the device and are read once every
 ``print_freq`` steps (the only host sync; left out, 100 steps or a quarter of an epoch, whichever
 is shorter: :func:`default_print_freq`): shown in the tqdm bar on a terminal, printed as a
-RepDistiller-style line otherwise. A member whose loss becomes NaN/inf stops (its last good
-checkpoint is left intact, and its message names it, or says that none was written yet); the
-others go on, and :func:`raise_failures` ends the run with one line once the finished members
-have written their results.
+RepDistiller-style line otherwise. A run whose loss becomes NaN/inf stops (its last good
+checkpoint is left intact, and its message names it, or says that none was written yet), and
+:func:`raise_failures` ends it with one line once whatever finished has written its results.
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
 from engine.config import TrainingConfig
-from engine.loops import (DeviceMeter, NonFiniteLossError, ProgressPrinter, StepOutput, check_finite,
-                          loader_length, progress_bar, shows_bar, to_batch, validate)
+from engine.loops import (Batch, DeviceMeter, NonFiniteLossError, ProgressPrinter, check_finite,
+                          loader_length, optimize, progress_bar, shows_bar, to_batch, validate)
 from engine.trainer import Progress, Run, save_epoch
 from helper.distributed import DistContext
 from helper.util import adjust_learning_rate
+
+#: ``(batch, epoch) -> (loss, logits)`` of one run (possibly a :class:`~engine.loops.StepOutput`
+#: with the method's named terms).
+LossFn = Callable[[Batch, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -52,8 +52,16 @@ class Member:
     progress: Progress = field(default_factory=Progress)
     scaler: "torch.amp.GradScaler | None" = None
     writer: Any = None             # its TensorBoard writer (rank 0), or None
+    eval_modules: tuple = ()       # held in eval mode while it trains (the init stage's student)
     last: dict[str, float] = field(default_factory=dict)
     failure: str | None = None     # why it stopped (its loss became NaN/inf), if it did
+
+    def train_mode(self) -> None:
+        """Eval mode for :attr:`eval_modules`, then train mode for the run's trained modules
+        (each ``train()`` keeps its own eval-mode parts)."""
+        for module in self.eval_modules:
+            module.eval()
+        modules_in_train_mode(self.run.train_modules)
 
 
 @dataclass(frozen=True)
@@ -74,21 +82,6 @@ class LoopSettings:
         return cls(print_freq=run.print_freq, amp=run.amp, channels_last=run.channels_last, desc=desc)
 
 
-class Stepping(Protocol):
-    """One training step of the live members (see :mod:`engine.stepping`)."""
-
-    channels_last: bool  # whether its batches may be channels_last
-    steps_all: bool      # whether a step needs a batch of every member, failed ones too
-
-    def train_mode(self, members: list[Member]) -> None:
-        """Put what trains in train mode (everything else keeps its mode)."""
-
-    def step(self, members: list[Member], batches: dict[int, Any], epoch: int,
-             amp: bool) -> dict[int, StepOutput]:
-        """Step the members ``batches`` names (index → batch); return the output of each
-        member that has not failed."""
-
-
 class EpochPolicy(Protocol):
     """What happens around one member's epoch."""
 
@@ -103,88 +96,64 @@ class EpochPolicy(Protocol):
         """Metrics of a member resumed after its final epoch (no epoch left to train)."""
 
 
-def fit(members: list[Member], stepping: Stepping, policy: EpochPolicy, epochs: int,
-        settings: LoopSettings, dist: DistContext) -> list[Member]:
-    """Train every member from its own ``progress.start_epoch`` to ``epochs`` (members resumed
-    at different epochs join when their epoch comes); each one's last metrics land in
-    ``last``, a member whose loss became NaN/inf gets ``failure``. Returns ``members``."""
-    for epoch in range(min((m.progress.start_epoch for m in members), default=1), epochs + 1):
-        started = [m for m in members if m.progress.start_epoch <= epoch]
-        if all(m.failure is not None for m in started):
-            break
-        rates = [None if m.failure else policy.start(m, epoch) for m in started]
-        start = time.time()
-        stats = run_epoch(started, stepping, epoch, settings, dist)
-        seconds = time.time() - start
-        for member, lr, train in zip(started, rates, stats):
-            if train is not None:  # None: it failed; its last good checkpoint stays
-                member.last = policy.end(member, epoch, lr, train, seconds)
-    for member in members:
-        if not member.last and member.failure is None:
-            member.last = policy.nothing_left(member)
-    return members
+def fit(member: Member, loss: LossFn, policy: EpochPolicy, epochs: int, settings: LoopSettings,
+        dist: DistContext) -> Member:
+    """Train ``member`` on ``loss`` from its ``progress.start_epoch`` to ``epochs``; its last
+    metrics land in ``last``, or, if its loss became NaN/inf, its ``failure``. Returns it."""
+    for epoch in range(member.progress.start_epoch, epochs + 1):
+        lr = policy.start(member, epoch)
+        started = time.time()
+        train = run_epoch(member, loss, epoch, settings, dist)
+        if train is None:  # it failed; its last good checkpoint stays
+            return member
+        member.last = policy.end(member, epoch, lr, train, time.time() - started)
+    if not member.last:
+        member.last = policy.nothing_left(member)
+    return member
 
 
-def run_epoch(members: list[Member], stepping: Stepping, epoch: int, settings: LoopSettings,
-              dist: DistContext) -> list[dict[str, float] | None]:
-    """One pass over the members' loaders, step by step together (one batch of each per step).
+def run_epoch(member: Member, loss: LossFn, epoch: int, settings: LoopSettings,
+              dist: DistContext) -> dict[str, float] | None:
+    """One pass over the member's loader, one optimizer step on ``loss`` per batch.
 
-    Returns each member's mean loss, top-1/top-5 accuracy (percent) and the mean of each named
-    loss term (``loss_<name>``), or None for a member whose loss became NaN/inf (checked every
-    ``print_freq`` steps and at the end; it is no longer stepped unless the stepping steps all
-    members together; a member that failed before is passed as such). With ``dist`` the
-    statistics, and so the check, are over all processes: every process stops at the same step.
-    """
-    stepping.train_mode(members)
-    device = dist.device
-    meters = [DeviceMeter(device) for _ in members]
-    total = min((loader_length(m.train_loader) or 0 for m in members), default=0) or None
+    Returns the mean loss, top-1/top-5 accuracy (percent) and the mean of each named loss term
+    (``loss_<name>``), or None when the loss became NaN/inf (checked every ``print_freq`` steps
+    and at the end; the member's ``failure`` says so). With ``dist`` the statistics, and so the
+    check, are over all processes: every process stops at the same step."""
+    member.train_mode()
+    device, optimizer = dist.device, member.run.optimizer
+    meter = DeviceMeter(device)
+    total = loader_length(member.train_loader)
     print_freq = default_print_freq(total) if settings.print_freq is None else settings.print_freq
     bar_on = shows_bar(dist, settings.terminal)
-    lines = dist.is_main and not bar_on
-    suffix = f" x{len(members)} trials" if len(members) > 1 else ""
-    bar = progress_bar(zip(*(m.train_loader for m in members)), f"{settings.desc} epoch {epoch}{suffix}",
-                       bar_on, total)
-    printers = [ProgressPrinter(epoch, total, m.label) for m in members] if lines else None
+    printer = ProgressPrinter(epoch, total, member.label) if dist.is_main and not bar_on else None
+    bar = progress_bar(member.train_loader, f"{settings.desc} epoch {epoch}", bar_on, total)
     step = 0
-    for step, datas in enumerate(bar, 1):
-        live = [k for k, m in enumerate(members) if m.failure is None]
-        if not live:
-            break
-        wanted = range(len(members)) if stepping.steps_all else live
-        batches = {k: to_batch(datas[k], device, settings.channels_last and stepping.channels_last)
-                   for k in wanted}
-        for k, output in stepping.step(members, batches, epoch, settings.amp).items():
-            loss, logits = output
-            meters[k].update(loss, logits.float(), batches[k].target, output.terms)
+    for step, data in enumerate(bar, 1):
+        batch = to_batch(data, device, settings.channels_last)
+        output = optimize(lambda: loss(batch, epoch), optimizer, member.scaler, device, settings.amp)
+        meter.update(output[0], output[1].float(), batch.target, getattr(output, "terms", None))
         if print_freq and step % print_freq == 0:
-            stats = checked_stats(members, meters, epoch, step, dist, printers)
-            if not lines:
-                bar.set_postfix(loss=" ".join("-" if s is None else f"{s['loss']:.4f}" for s in stats))
-    return checked_stats(members, meters, epoch, step, dist)
+            stats = read_stats(member, meter, epoch, step, dist, printer)
+            if stats is None:
+                return None
+            if printer is None:
+                bar.set_postfix(loss=f"{stats['loss']:.4f}")
+    return read_stats(member, meter, epoch, step, dist)
 
 
-def checked_stats(members: list[Member], meters: list[DeviceMeter], epoch: int, step: int,
-                  dist: DistContext | None, printers: list[ProgressPrinter] | None = None
-                  ) -> list[dict[str, float] | None]:
-    """Each live member's statistics (and, with ``printers``, its progress line); a member
-    whose loss is no longer finite gets its ``failure`` and None."""
-    stats: list[dict[str, float] | None] = []
-    for k, (member, meter) in enumerate(zip(members, meters)):
-        if member.failure is not None:
-            stats.append(None)
-            continue
-        totals = meter.totals(dist)
-        try:
-            stats.append(check_finite(meter.stats(totals), epoch, step))
-        except NonFiniteLossError as err:
-            member.failure = f"{err}; {kept_checkpoint(member.run, epoch)}; {NAN_ADVICE}"
-            stats.append(None)
-            if len(members) > 1:
-                print(f"{member.label}{member.failure}; the other trials go on", flush=True)
-            continue
-        if printers is not None:
-            printers[k].print(meter, totals, step)
+def read_stats(member: Member, meter: DeviceMeter, epoch: int, step: int, dist: DistContext | None,
+               printer: ProgressPrinter | None = None) -> dict[str, float] | None:
+    """The member's statistics so far (with ``printer``, also its progress line), or None and
+    its ``failure`` when its loss is no longer finite."""
+    totals = meter.totals(dist)
+    try:
+        stats = check_finite(meter.stats(totals), epoch, step)
+    except NonFiniteLossError as err:
+        member.failure = f"{err}; {kept_checkpoint(member.run, epoch)}; {NAN_ADVICE}"
+        return None
+    if printer is not None:
+        printer.print(meter, totals, step)
     return stats
 
 

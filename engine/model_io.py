@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from dataset import dataset_names, num_classes
-from engine.config import dataset_zoo
+from engine.config import check_architecture, dataset_zoo
 from helper.checkpoint import (describe_mismatch, extract_state_dict, load_checkpoint, load_weights,
                                num_classes_from_state_dict)
 from helper.errors import UserError
@@ -60,7 +60,7 @@ def load_model_from_file(path: str, arch: str, deploy: bool = False, blocktype: 
     """Build ``arch`` of ``zoo`` (the CIFAR models by default) with the class count of
     ``path``'s classifier and load its weights strictly (:func:`model_from_checkpoint`, with
     the train/deploy form hint). Returns ``(model, state_dict)``."""
-    zoo.check_name(arch, "--model/-a")
+    check_architecture(zoo, arch, "--model/-a")
     return model_from_checkpoint(load_checkpoint(path), path, arch, zoo, blocktype=blocktype,
                                  deploy=deploy, form_hint=True)
 
@@ -74,7 +74,7 @@ def teacher_architecture(path: str, ckpt: Any, dataset: str, model_t: str | None
         raise UserError(f"--model_t {model_t} contradicts {path}, which records the architecture "
                         f"{recorded}; leave --model_t out")
     arch = recorded or model_t or teacher_arch_from_path(path, list(zoo.models))
-    zoo.check_name(arch, "--path_t (teacher architecture; name it with --model_t)")
+    check_architecture(zoo, arch, "--path_t (teacher architecture; name it with --model_t)")
     return arch
 
 

@@ -18,14 +18,14 @@ from typing import Any, Iterable, Mapping, NoReturn, Sequence
 
 import torch
 
-from dataset import DEFAULT_DATASET, dataset_help, dataset_names, dataset_spec
+from dataset import DEFAULT_DATASET, dataset_help, dataset_names, dataset_spec, zoo_dataset
 from distiller_zoo import get_method, method_names
 from distiller_zoo.methods import method_flag_ranges
 from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes_from_state_dict
 from helper.errors import UserError
 from helper.ranges import TEMPERATURE, WEIGHT, Range
 from helper.util import parse_decay_epochs
-from engine.config import RECORDED_WHEN_GIVEN, TrainingConfig, config_dict, dataset_zoo
+from engine.config import RECORDED_WHEN_GIVEN, TrainingConfig, check_architecture, config_dict, dataset_zoo
 from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
@@ -420,10 +420,10 @@ def recorded_architecture_in(zoo, arch: str, path: str, flag: str, from_record: 
     for another data set's zoo (or an architecture this code lacks), else the zoo's own
     unknown-name message for ``flag``."""
     if arch in zoo.models or not from_record:
-        return zoo.check_name(arch, flag)
+        return check_architecture(zoo, arch, flag)
     other = IMAGENET_ZOO if zoo is CIFAR_ZOO else CIFAR_ZOO
     if arch in other.models:
-        raise UserError(f"{path} holds {other.name} model ({arch}); pass --dataset {other.dataset}")
+        raise UserError(f"{path} holds {other.name} model ({arch}); pass --dataset {zoo_dataset(other.kind)}")
     raise UserError(f"{path} records the architecture {arch}, which this code does not have; "
                     f"known models: {', '.join(sorted(zoo.models))}")
 

@@ -1,9 +1,9 @@
-"""The ways of taking one training step of the loop's members (:func:`engine.fit.run_epoch`).
+"""The ways of taking one training step of the N trials of ``--trials``
+(:func:`engine.trials.run_trials_epoch`; a single run steps its own loss in
+:func:`engine.fit.run_epoch`).
 
-* :class:`OwnSteps`: each member steps its own loss (a teacher; the init stage of AB/FT/FSP).
-* :class:`SharedTeacher`: the frozen teacher runs once on the batches of all members together,
-  then each member (student + method) takes its own optimizer step. A single distillation run
-  is this with one member; with ``--trials N`` the teacher's forward is shared by N trials.
+* :class:`SharedTeacher`: the frozen teacher runs once on the batches of all trials together,
+  then each trial (student + method) takes its own optimizer step.
 * :class:`Stacked`: the N students of ``--trials`` stacked into one vmapped model take one step
   for all (:mod:`engine.stacked`; ``--trials_mode stacked``, ``auto``'s choice on CUDA).
 
@@ -12,18 +12,14 @@ Each takes the epoch as an argument and hands it to the loss (DKD's warm-up read
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import torch
-import torch.nn as nn
 
 from engine.distill import DistillStep, split_outputs  # noqa: F401  (split_outputs: tests import it here)
 from engine.fit import Member, modules_in_train_mode
 from engine.loops import Batch, StepOutput, autocast_context, optimize
 from engine.stacked import StackedStep, StackedStudents
-
-#: ``(batch, epoch) -> (loss, logits)`` of one member (possibly a :class:`StepOutput`).
-LossFn = Callable[[Batch, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def as_output(output) -> StepOutput:
@@ -31,31 +27,19 @@ def as_output(output) -> StepOutput:
     return output if isinstance(output, StepOutput) else StepOutput(*output)
 
 
-@dataclass
-class OwnSteps:
-    """Each member's own loss and optimizer step: ``losses[k](batch, epoch)`` for member k.
-    ``eval_modules`` are put in eval mode before the members' ``train_modules`` are put in
-    train mode (the init stage keeps the student in eval mode, as the CRD code does)."""
+class Stepping(Protocol):
+    """One training step of the live trials (:func:`engine.trials.run_trials_epoch`)."""
 
-    losses: list[LossFn]
-    eval_modules: tuple[nn.Module, ...] = ()
-    channels_last: bool = True
-    steps_all: bool = False
+    channels_last: bool  # whether its batches may be channels_last
+    steps_all: bool      # whether a step needs a batch of every member, failed ones too
 
     def train_mode(self, members: list[Member]) -> None:
-        for module in self.eval_modules:
-            module.eval()
-        for member in members:
-            modules_in_train_mode(member.run.train_modules)
+        """Put what trains in train mode (everything else keeps its mode)."""
 
     def step(self, members: list[Member], batches: dict[int, Batch], epoch: int,
              amp: bool) -> dict[int, StepOutput]:
-        outputs = {}
-        for k, batch in batches.items():
-            member, loss = members[k], self.losses[k]
-            outputs[k] = as_output(optimize(lambda: loss(batch, epoch), member.run.optimizer,
-                                            member.scaler, batch.images.device, amp))
-        return outputs
+        """Step the members ``batches`` names (index → batch); return the output of each
+        member that has not failed."""
 
 
 @dataclass

@@ -15,19 +15,26 @@ calls. On a GPU at batch 64 the teacher is bound by per-call latency, so the N-f
 little more than one; on a CPU the work is arithmetic and nothing is saved (README figures).
 With ``--trials_mode stacked`` (``auto``'s choice on CUDA, where the method allows) the students
 are stacked too and take one step for all (:mod:`engine.stacked`).
+
+The trials train in :func:`fit_trials`, the loop of :mod:`engine.fit` extended to several
+members: the same epoch policy per trial, one batch of each trial per step, and a trial whose
+loss becomes NaN/inf stops while the others go on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 
 import torch
 
 from engine.config import StudentConfig, StudentRun, with_section
-from engine.distill import DistillStep, loss_weights
-from engine.loops import make_grad_scaler
+from engine.distill import StudentParts, loss_weights
+from engine.fit import EpochPolicy, LoopSettings, Member, default_print_freq, read_stats
+from engine.loops import (DeviceMeter, ProgressPrinter, loader_length, make_grad_scaler, progress_bar, shows_bar,
+                          to_batch)
 from engine.stacked import StackedStep, StackedStudents, TrialOptimizer, can_stack
-from engine.stepping import SharedTeacher, Stacked
+from engine.stepping import SharedTeacher, Stacked, Stepping
 from engine.trainer import make_optimizer
+from helper.distributed import DistContext
 from helper.errors import UserError
 
 
@@ -62,19 +69,7 @@ def trial_configs(config: StudentConfig) -> list[StudentConfig]:
             for k in range(run.trials)]
 
 
-@dataclass
-class TrialParts:
-    """What one trial trains, before its run is assembled: its configuration, student, method,
-    the distillation step and the training loader."""
-
-    config: StudentConfig
-    student: torch.nn.Module
-    method: torch.nn.Module
-    step: DistillStep
-    train_loader: object
-
-
-def stepping_for(parts: list[TrialParts], mode: str, device: torch.device,
+def stepping_for(parts: list[StudentParts], mode: str, device: torch.device,
                  amp: bool = False) -> tuple[SharedTeacher | Stacked, list]:
     """The stepping of the trials and each one's optimizer: with ``mode`` 'stacked' (or
     'auto' on CUDA, for a method :func:`can_stack` accepts) the students stacked
@@ -86,19 +81,13 @@ def stepping_for(parts: list[TrialParts], mode: str, device: torch.device,
     so the first one's configuration says the method and the optimization of all."""
     method, config = parts[0].method, parts[0].config
     if config.optim.dot or not stacks(mode, method, device, len(parts), config.method.distill):
-        optimizers = [make_optimizer((p for m in trainable(part) for p in m.parameters()), part.config.optim)
-                      for part in parts]
+        optimizers = [make_optimizer(part.trained_parameters(), part.config.optim) for part in parts]
         return SharedTeacher([part.step for part in parts]), optimizers
     model = StackedStudents([part.student for part in parts])
     optimizer = make_optimizer(model.stacked_params, config.optim)
     step = StackedStep(model, parts[0].step, method, loss_weights(config.method))
     slices = [TrialOptimizer(optimizer, list(model.stacked_params), k) for k in range(len(parts))]
     return Stacked(model, step, optimizer, make_grad_scaler(device, amp)), slices
-
-
-def trainable(part: TrialParts) -> list[torch.nn.Module]:
-    """What a trial's optimizer steps: the student and the method's trained modules."""
-    return [part.student, *part.method.trainable_modules()]
 
 
 def stacks(mode: str, method: torch.nn.Module, device: torch.device, n: int, name: str) -> bool:
@@ -119,3 +108,76 @@ def check_stacked_start(stepping, members: list) -> None:
     if isinstance(stepping, Stacked) and len({m.progress.start_epoch for m in members}) > 1:
         raise UserError("the trials resumed at different epochs, which stacked trials cannot "
                         "train together: resume with --trials_mode shared_teacher")
+
+
+def fit_trials(members: list[Member], stepping: Stepping, policy: EpochPolicy, epochs: int,
+               settings: LoopSettings, dist: DistContext) -> list[Member]:
+    """:func:`engine.fit.fit` for the trials of ``--trials``: every member from its own
+    ``progress.start_epoch`` to ``epochs`` (members resumed at different epochs join when their
+    epoch comes), stepped together by ``stepping``; each one's last metrics land in ``last``,
+    a member whose loss became NaN/inf gets ``failure``. Returns ``members``."""
+    for epoch in range(min(m.progress.start_epoch for m in members), epochs + 1):
+        started = [m for m in members if m.progress.start_epoch <= epoch]
+        if all(m.failure is not None for m in started):
+            break
+        rates = [None if m.failure else policy.start(m, epoch) for m in started]
+        start = time.time()
+        stats = run_trials_epoch(started, stepping, epoch, settings, dist)
+        seconds = time.time() - start
+        for member, lr, train in zip(started, rates, stats):
+            if train is not None:  # None: it failed; its last good checkpoint stays
+                member.last = policy.end(member, epoch, lr, train, seconds)
+    for member in members:
+        if not member.last and member.failure is None:
+            member.last = policy.nothing_left(member)
+    return members
+
+
+def run_trials_epoch(members: list[Member], stepping: Stepping, epoch: int, settings: LoopSettings,
+                     dist: DistContext) -> list[dict[str, float] | None]:
+    """:func:`engine.fit.run_epoch` of several members, step by step together (one batch of
+    each per step). Returns each member's statistics, or None for one whose loss became NaN/inf
+    (it is no longer stepped unless the stepping steps all members together; a member that
+    failed before is passed as such)."""
+    stepping.train_mode(members)
+    device = dist.device
+    meters = [DeviceMeter(device) for _ in members]
+    total = min(loader_length(m.train_loader) or 0 for m in members) or None
+    print_freq = default_print_freq(total) if settings.print_freq is None else settings.print_freq
+    bar_on = shows_bar(dist, settings.terminal)
+    lines = dist.is_main and not bar_on
+    bar = progress_bar(zip(*(m.train_loader for m in members)),
+                       f"{settings.desc} epoch {epoch} x{len(members)} trials", bar_on, total)
+    printers = [ProgressPrinter(epoch, total, m.label) if lines else None for m in members]
+    step = 0
+    for step, datas in enumerate(bar, 1):
+        live = [k for k, m in enumerate(members) if m.failure is None]
+        if not live:
+            break
+        wanted = range(len(members)) if stepping.steps_all else live
+        batches = {k: to_batch(datas[k], device, settings.channels_last and stepping.channels_last)
+                   for k in wanted}
+        for k, output in stepping.step(members, batches, epoch, settings.amp).items():
+            meters[k].update(output[0], output[1].float(), batches[k].target, output.terms)
+        if print_freq and step % print_freq == 0:
+            stats = trial_stats(members, meters, epoch, step, dist, printers)
+            if not lines:
+                bar.set_postfix(loss=" ".join("-" if s is None else f"{s['loss']:.4f}" for s in stats))
+    return trial_stats(members, meters, epoch, step, dist)
+
+
+def trial_stats(members: list[Member], meters: list[DeviceMeter], epoch: int, step: int,
+                dist: DistContext, printers: list[ProgressPrinter | None] | None = None
+                ) -> list[dict[str, float] | None]:
+    """Each live member's statistics (:func:`engine.fit.read_stats`); None for a failed one,
+    and for one failing now a line saying that the other trials go on."""
+    printers = printers or [None] * len(members)
+    stats: list[dict[str, float] | None] = []
+    for member, meter, printer in zip(members, meters, printers):
+        if member.failure is not None:
+            stats.append(None)
+            continue
+        stats.append(read_stats(member, meter, epoch, step, dist, printer))
+        if member.failure is not None:
+            print(f"{member.label}{member.failure}; the other trials go on", flush=True)
+    return stats

@@ -43,15 +43,16 @@ class ModelFacts:
 class ModelRegistry:
     """One zoo: name -> constructor (:attr:`models`, a plain dict) plus each name's facts.
 
-    ``kind`` is the zoo's key for :func:`zoo_named` (``"cifar"``, ``"imagenet"``); ``name`` the
-    phrase naming it in messages (``"a CIFAR"``), ``dataset`` the ``--dataset`` that selects it,
-    ``label`` the qualifier of its unknown-name message (``"ImageNet "`` or empty) and
-    ``default_classes`` the class count :meth:`build` defaults to.
+    ``kind`` is the zoo's key for :func:`zoo_named` (``"cifar"``, ``"imagenet"``), the one a
+    data set's spec names as its ``model_zoo``; ``name`` the phrase naming it in messages
+    (``"a CIFAR"``), ``label`` the qualifier of its unknown-name message (``"ImageNet "`` or
+    empty) and ``default_classes`` the class count :meth:`build` defaults to. A zoo names no
+    data set (models/ does not import dataset/): which ``--dataset`` selects it is the data-set
+    registry's answer (:func:`dataset.zoo_dataset`).
     """
 
-    def __init__(self, kind: str, name: str, dataset: str, default_classes: int,
-                 label: str = "") -> None:
-        self.kind, self.name, self.dataset = kind, name, dataset
+    def __init__(self, kind: str, name: str, default_classes: int, label: str = "") -> None:
+        self.kind, self.name = kind, name
         self.default_classes, self.label = default_classes, label
         self.models: dict[str, Callable[..., nn.Module]] = {}
         self.rep_names: set[str] = set()
@@ -88,23 +89,19 @@ class ModelRegistry:
         """The facts registered with ``name``; an unknown name is :meth:`check_name`'s error."""
         return self._facts[self.check_name(name)]
 
-    def check_name(self, name: str, flag: str = "--model", other_zoos: bool = True) -> str:
-        """``name`` if registered, else a one-line :class:`UserError` listing this zoo's names;
-        with ``other_zoos``, a name of another zoo says which ``--dataset`` selects it."""
+    def check_name(self, name: str, flag: str = "--model") -> str:
+        """``name`` if registered, else a one-line :class:`UserError` listing this zoo's names
+        (:func:`engine.config.check_architecture` adds which ``--dataset`` selects another zoo
+        holding the name)."""
         if name in self.models:
             return name
-        known = ", ".join(sorted(self.models))
-        for other in ZOOS.values() if other_zoos else ():
-            if other is not self and name in other.models:
-                raise UserError(f"{flag} {name} is {other.name} model; pass --dataset "
-                                f"{other.dataset}, or one of: {known}")
         raise UserError(f"unknown {self.label}model {name!r} given to {flag}; known "
-                        f"{self.label}models: {known}")
+                        f"{self.label}models: {', '.join(sorted(self.models))}")
 
     def build(self, name: str, num_classes: int | None = None, blocktype: str | None = None,
               deploy: bool = False, **kw) -> nn.Module:
         """Build ``name``; block type and deploy flag only reach re-parameterizable students."""
-        self.check_name(name, other_zoos=False)
+        self.check_name(name)
         if self.is_rep(name):
             if blocktype is not None:
                 kw["blocktype"] = blocktype
@@ -113,11 +110,10 @@ class ModelRegistry:
         return self.models[name](num_classes=n_cls, **kw)
 
 
-CIFAR_ZOO = ModelRegistry("cifar", "a CIFAR", "cifar100", default_classes=100)
-IMAGENET_ZOO = ModelRegistry("imagenet", "an ImageNet", "imagenet", default_classes=1000,
-                             label="ImageNet ")
+CIFAR_ZOO = ModelRegistry("cifar", "a CIFAR", default_classes=100)
+IMAGENET_ZOO = ModelRegistry("imagenet", "an ImageNet", default_classes=1000, label="ImageNet ")
 #: Every zoo by kind, CIFAR first (CIFAR names keep their CIFAR meaning where names clash).
-ZOOS: dict[str, ModelRegistry] = {"cifar": CIFAR_ZOO, "imagenet": IMAGENET_ZOO}
+ZOOS: dict[str, ModelRegistry] = {zoo.kind: zoo for zoo in (CIFAR_ZOO, IMAGENET_ZOO)}
 
 
 def zoo_named(kind: str) -> ModelRegistry:
@@ -137,7 +133,7 @@ is_rep_model = CIFAR_ZOO.is_rep
 
 def check_model_name(name: str, flag: str = "--model") -> str:
     """Return ``name`` if a CIFAR model, else raise a :class:`UserError` listing the known names."""
-    return CIFAR_ZOO.check_name(name, flag, other_zoos=False)
+    return CIFAR_ZOO.check_name(name, flag)
 
 
 def build_model(name: str, num_classes: int = 100, blocktype: str | None = None,

@@ -44,7 +44,8 @@ from engine.fit import LoopSettings, Member, run_epoch  # noqa: E402
 from engine.loops import make_grad_scaler  # noqa: E402
 from engine.options import counted  # noqa: E402
 from engine.trainer import Run  # noqa: E402
-from engine.trials import TrialParts, stepping_for  # noqa: E402
+from engine.distill import StudentParts
+from engine.trials import run_trials_epoch, stepping_for  # noqa: E402
 from helper.distributed import DistContext  # noqa: E402
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
 from helper.util import resolve_device  # noqa: E402
@@ -106,7 +107,7 @@ class Steps:
 
 
 def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device, fast: bool, teacher: torch.nn.Module,
-                seed: int) -> TrialParts:
+                seed: int) -> StudentParts:
     """Loader, student, method and step of one path (one trial of it)."""
     channels_last = fast  # the training scripts' default (engine.config.on_device)
     workers = opt.num_workers if opt.num_workers is not None else (4 if device.type == "cuda" else 0)
@@ -130,7 +131,7 @@ def build_trial(opt: argparse.Namespace, data_folder: str, device: torch.device,
     method = build_method_for(mopt, student, teacher, torch.randn(2, 3, 32, 32, device=device), n_data)
     step = DistillStep(student, teacher, method, loss_weights(mopt.method),
                        compile=fast and opt.compile, device=device, dot=mopt.optim.dot)
-    return TrialParts(mopt, student, method, step, Steps(train_loader))
+    return StudentParts(mopt, student, method, step, Steps(train_loader))
 
 
 def calibrated(teacher: torch.nn.Module, batch_size: int, device: torch.device,
@@ -176,7 +177,10 @@ def run_path(opt: argparse.Namespace, data_folder: str, device: torch.device, fa
         for part in parts:
             part.train_loader.n = n
         start = time.perf_counter()
-        run_epoch(members, stepping, 1, settings, DistContext(device))
+        if len(members) == 1:  # the plain run's loop, as train_student.py takes it
+            run_epoch(members[0], parts[0].step, 1, settings, DistContext(device))
+        else:
+            run_trials_epoch(members, stepping, 1, settings, DistContext(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

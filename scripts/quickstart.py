@@ -1,5 +1,7 @@
 """The whole KDrefine pipeline offline, on scikit-learn's bundled digits, in a few minutes on a CPU.
 
+The data set is :data:`dataset.OFFLINE_DATASET` (the built-in set that needs no download).
+
 1. train a teacher (``train_teacher.py``),
 2. distill a re-parameterizable student with train_student.py's default method, KDrefine,
 3. convert the student to its deploy form (``convert.py``),
@@ -21,6 +23,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from dataset import OFFLINE_DATASET  # noqa: E402
 
 
 def schedule(epochs: int) -> str:
@@ -71,13 +76,13 @@ def main() -> None:
     opt = parser.parse_args()
     # --overwrite: the quickstart starts its own runs afresh each time (earlier ones are moved
     # aside to <folder>.old-<time>, not deleted)
-    common = ["--dataset", "digits", "--seed", str(opt.seed), "--batch_size", str(opt.batch_size), "--overwrite"]
+    common = ["--dataset", OFFLINE_DATASET, "--seed", str(opt.seed), "--batch_size", str(opt.batch_size), "--overwrite"]
     start = time.time()
 
     teacher_log = run(["train_teacher.py", "--model", opt.teacher, "--epochs", str(opt.teacher_epochs),
                        "--lr_decay_epochs", schedule(opt.teacher_epochs), "--trial", "quickstart", *common])
     teacher_best = found(r"best accuracy: ([0-9.]+)", teacher_log, "train_teacher.py")
-    teacher_folder = os.path.join("save", "models", f"{opt.teacher}_digits_lr_0.05_decay_0.0005_trial_quickstart")
+    teacher_folder = matched(r"; saving to (\S+)$", teacher_log, "train_teacher.py")
     teacher_path = os.path.join(teacher_folder, f"{opt.teacher}_last.pth")
     # train_student.py's default --distill (KDrefine) with its recipe's weights; --learning_rate
     # 0.05, not its published 0.01: that rate is for 240 CIFAR-100 epochs; in 10 short epochs on
@@ -94,11 +99,11 @@ def main() -> None:
     deploy_form = os.path.join(folder, f"{opt.student}_deploy.pth")
     run(["convert.py", "--load", train_form, "--save", deploy_form, "-a", opt.student])
     train_acc = found(r"accuracy: ([0-9.]+)", run(["validation.py", "--model", opt.student, "--model_path",
-                      train_form, "--deploy_flag", "False", "--dataset", "digits"]), "validation.py")
+                      train_form, "--deploy_flag", "False", "--dataset", OFFLINE_DATASET]), "validation.py")
     deploy_acc = found(r"accuracy: ([0-9.]+)", run(["validation.py", "--model", opt.student, "--model_path",
-                       deploy_form, "--deploy_flag", "True", "--dataset", "digits"]), "validation.py")
+                       deploy_form, "--deploy_flag", "True", "--dataset", OFFLINE_DATASET]), "validation.py")
 
-    print(f"\nquickstart results on digits (test split, top-1 %), {time.time() - start:.0f} s in all")
+    print(f"\nquickstart results on {OFFLINE_DATASET} (test split, top-1 %), {time.time() - start:.0f} s in all")
     print("| model | form | checkpoint | accuracy |")
     print("|---|---|---|---|")
     print(f"| teacher {opt.teacher} | plain | best epoch ({opt.teacher}_best.pth) | {teacher_best:.2f} |")

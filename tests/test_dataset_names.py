@@ -2,9 +2,12 @@
 its own is a ``--dataset`` of every entry script.
 
 1. No module outside ``dataset/`` and ``tests/`` holds a string literal equal to a registered
-   data-set name: defaults come from :data:`dataset.DEFAULT_DATASET`, choices and help from
-   the registry, and every per-set fact (image size, model zoo, schedule) from the spec. Checked
-   on the source with ``ast``, as ``tests/test_architecture.py`` checks the layers.
+   data-set name: defaults come from :data:`dataset.DEFAULT_DATASET` (the offline one from
+   :data:`dataset.OFFLINE_DATASET`), choices and help from the registry, every per-set fact
+   (image size, model zoo, schedule) from the spec, and which ``--dataset`` selects a model zoo
+   from :func:`dataset.zoo_dataset`. Checked on the source with ``ast``, as
+   ``tests/test_architecture.py`` checks the layers; the one literal let through is a zoo's kind
+   in ``ModelRegistry(...)`` (the ImageNet zoo's key is spelled like the ImageNet set).
 2. A set registered by a module in a temporary folder (not in the tree) is accepted by
    ``train_teacher.py``, ``train_student.py`` (``--print_config`` too), ``convert.py`` and
    ``validation.py``, and ``convert.py`` exports ONNX at its spec's image size. In process, with
@@ -26,32 +29,49 @@ import train_teacher
 import validation
 from dataset import registry
 from models import CIFAR_ZOO
+from models.registry import ZOOS
 from tests.test_architecture import parse, project_files
 
-#: Modules allowed to spell a data-set name, and why (each is a debt, not a pattern).
-ALLOWED = {
-    # models/ cannot import dataset/ (one layer): the ImageNet zoo's key is spelled like the data
-    # set, and each zoo names the --dataset that selects it for its other-zoo hint.
-    "models/registry.py",
-    # a subprocess driver of the offline tour on digits that imports no project module; its run
-    # folder names spell the set.
-    "scripts/quickstart.py",
-}
+
+def _zoo_kinds(tree: ast.AST) -> set[int]:
+    """The ``kind`` argument of each ``ModelRegistry(...)`` call (by node id): a zoo's key, the
+    string a spec's ``model_zoo`` names. The ImageNet zoo's is spelled like the ImageNet set,
+    but it names a zoo, not a data set."""
+    kinds = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ModelRegistry":
+            given = node.args[:1] + [k.value for k in node.keywords if k.arg == "kind"]
+            kinds.update(id(arg) for arg in given if isinstance(arg, ast.Constant))
+    return kinds
 
 
-
-def _name_literals(path: str, names: set[str]) -> list[str]:
-    return [f"{path}:{node.lineno} {node.value!r}" for node in ast.walk(parse(path))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names]
+def _spelled(tree: ast.AST, names: set[str]) -> list[ast.Constant]:
+    """The string literals of ``tree`` equal to one of ``names``, zoo kinds aside."""
+    kinds = _zoo_kinds(tree)
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str) and node.value in names and id(node) not in kinds]
 
 
 def test_no_module_outside_dataset_names_a_data_set():
     names = set(dataset.dataset_names())
     outside = [path for path in project_files() if not path.startswith("dataset/")]
-    found = [hit for path in outside if path not in ALLOWED
-             for hit in _name_literals(path, names)]
+    found = [f"{path}:{node.lineno} {node.value!r}" for path in outside
+             for node in _spelled(parse(path), names)]
     assert found == [], "data-set names outside dataset/ (read the spec instead):\n" + "\n".join(found)
-    assert all(_name_literals(path, names) for path in ALLOWED), "an allowed file no longer needs it"
+
+
+def test_only_a_zoo_kind_is_let_through():
+    """The rule's one exception is narrow: the kind of a ``ModelRegistry(...)``, nothing else
+    (a comparison with the same string is caught), and the project declares only its zoos so."""
+    tree = ast.parse('ModelRegistry("imagenet", "an ImageNet", 1000)\nif x == "imagenet":\n    pass\n'
+                     'ModelRegistry(kind="digits", name="x", default_classes=10)\n')
+    assert [(node.lineno, node.value) for node in _spelled(tree, {"imagenet", "digits"})] == [(2, "imagenet")]
+    declared = set()
+    for path in project_files():
+        tree = parse(path)
+        kinds = _zoo_kinds(tree)
+        declared |= {node.value for node in ast.walk(tree) if id(node) in kinds}
+    assert declared == set(ZOOS)
 
 
 PLUGIN = '''
@@ -104,7 +124,7 @@ def test_convert_exports_onnx_at_the_image_size_of_the_spec(tinyset, monkeypatch
     convert.export(model, "resnet8", None, CIFAR_ZOO, tinyset)
     assert seen == {"size": 16, "meta": {"arch": "resnet8", "form": "plain", "dataset": tinyset}}
     convert.export(model, "resnet8", None, CIFAR_ZOO, None)  # no data set: the zoo's own
-    assert seen["size"] == dataset.dataset_spec(CIFAR_ZOO.dataset).image_size
+    assert seen["size"] == dataset.dataset_spec(dataset.zoo_dataset(CIFAR_ZOO.kind)).image_size
 
 
 def test_unregistered_set_is_refused_in_one_line(capsys):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import models
 from dataset import registry
 from dataset.loaders import LOADER_KINDS, LoaderOptions
 from helper.errors import UserError
+from models.registry import ZOOS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dataset"
@@ -61,7 +64,7 @@ def test_schedules_and_zoos():
     expected = {"cifar100": (D.CIFAR_SCHEDULE, "cifar", "device"),
                 "digits": (D.CIFAR_SCHEDULE, "cifar", "device"),
                 "imagenet": (D.IMAGENET_SCHEDULE, "imagenet", "torchvision")}
-    assert set(D.dataset_names()) == set(expected)
+    assert D.dataset_names()[:3] == tuple(expected)  # the benchmark's, first; a set added later follows
     for name, (schedule, zoo, loader) in expected.items():
         spec = D.dataset_spec(name)
         assert (spec.schedule, spec.model_zoo, spec.default_loader) == (schedule, zoo, loader)
@@ -73,7 +76,8 @@ def test_unknown_name_is_one_line_listing_the_known_ones():
     with pytest.raises(UserError) as err:
         D.dataset_spec("mnist")
     msg = str(err.value)
-    assert msg == "unknown dataset 'mnist'; known: cifar100, digits, imagenet"
+    assert msg == "unknown dataset 'mnist'; known: " + ", ".join(D.dataset_names())
+    assert msg.startswith("unknown dataset 'mnist'; known: cifar100, digits, imagenet")
     for call in (D.num_classes, D.default_loader, D.normalization, D.load_test_split,
                  D.get_test_loader, D.get_dataloaders, D.get_sample_dataloaders):
         with pytest.raises(UserError, match="unknown dataset 'mnist'"):
@@ -165,6 +169,21 @@ def test_registry_lists_every_spec_once():
     assert D.DEFAULT_DATASET in names
     assert {name: D.dataset_spec(name).image_size for name in names[:3]} == {
         "cifar100": 32, "digits": 32, "imagenet": 224}
+
+
+def test_every_module_of_the_folder_is_imported():
+    """A built-in set is its file alone: importing :mod:`dataset` imports every module of the
+    folder (a new dataset/<name>.py registers itself with no import line)."""
+    modules = [f"dataset.{module.name}" for module in pkgutil.iter_modules(D.__path__)]
+    assert {"dataset.cifar100", "dataset.digits", "dataset.imagenet", "dataset.synthetic"} <= set(modules)
+    assert [name for name in modules if name not in sys.modules] == []
+
+
+def test_each_zoo_is_selected_by_its_first_set_and_the_offline_set_is_built_in():
+    assert {kind: D.zoo_dataset(kind) for kind in ZOOS} == {"cifar": "cifar100", "imagenet": "imagenet"}
+    with pytest.raises(ValueError, match="no registered data set uses the model zoo 'mnist'"):
+        D.zoo_dataset("mnist")
+    assert D.OFFLINE_DATASET == "digits"
 
 
 def test_register_dataset_adds_a_set_and_refuses_a_name_twice(monkeypatch):

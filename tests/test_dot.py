@@ -22,7 +22,8 @@ from engine.loops import Batch, optimize
 from engine.trainer import make_optimizer
 from helper.distributed import DistContext
 from engine.stepping import SharedTeacher
-from engine.trials import TrialParts, stepping_for
+from engine.distill import StudentParts
+from engine.trials import stepping_for
 from tests.cli_helpers import FAST, TEACHER_LAST, exit_message, teacher_workdir
 from tests.test_reviewkd_ofd import small_digits_teacher
 
@@ -341,7 +342,7 @@ def test_trials_with_dot_take_one_step_each():
     for _ in range(2):
         step, optimizer, _ = engine_parts()
         config = SimpleNamespace(optim=optimizer_config(), method=SimpleNamespace(distill="kd"))
-        parts.append(TrialParts(config, step.loss.student, step.method, step, train_loader=None))
+        parts.append(StudentParts(config, step.loss.student, step.method, step, train_loader=None))
     for mode, device in (("auto", torch.device("cuda")), ("shared_teacher", CPU)):
         stepping, optimizers = stepping_for(parts, mode, device)
         assert isinstance(stepping, SharedTeacher) and len(optimizers) == 2

@@ -1,7 +1,8 @@
-"""One engine: every optimizer step of every way of training (teacher, student run, trials with a
-shared teacher or stacked students, the init stage of two-stage methods) is taken inside
-:func:`engine.fit.fit` → :func:`engine.fit.run_epoch`, and the main training's step lies at most
-four project frames below the entry script's ``main``."""
+"""One loop: every optimizer step of a teacher, a student run and the init stage of two-stage
+methods is taken in :func:`engine.fit.fit` → :func:`engine.fit.run_epoch`, three project frames
+below the entry script's ``main`` (the plain run reads top to bottom); the trials of ``--trials``
+(a shared teacher or stacked students) extend it as :func:`engine.trials.fit_trials` →
+:func:`engine.trials.run_trials_epoch` → their stepping."""
 from __future__ import annotations
 
 import inspect
@@ -59,23 +60,28 @@ def record_steps(monkeypatch, stop_after: int | None = None,
     return calls
 
 
-@pytest.mark.parametrize("extra", [[], ["--trials", "2", "--trials_mode", "shared_teacher"],
-                                   ["--trials", "2", "--trials_mode", "stacked"]],
+PLAIN = ["fit", "run_epoch", "optimize"]
+TRIALS = ["main_trials", "fit_trials", "run_trials_epoch", "step", "optimize"]
+
+
+@pytest.mark.parametrize("extra, frames", [([], PLAIN),
+                                           (["--trials", "2", "--trials_mode", "shared_teacher"], TRIALS),
+                                           (["--trials", "2", "--trials_mode", "stacked"], TRIALS)],
                          ids=["single", "shared_teacher", "stacked"])
-def test_student_step_is_four_frames_below_main(workdir, monkeypatch, extra):
+def test_student_step_is_three_frames_below_main(workdir, monkeypatch, extra, frames):
     monkeypatch.chdir(workdir)
     calls = record_steps(monkeypatch, stop_after=1)
     with pytest.raises(Stop):
         train_student.main(student_args("--distill", "kd", "--epochs", "1", "--overwrite", *extra))
-    assert calls[0][::-1] == ["fit", "run_epoch", "step", "optimize"], calls[0]
+    assert calls[0][::-1] == frames, calls[0]
 
 
-def test_teacher_step_is_four_frames_below_main(workdir, monkeypatch):
+def test_teacher_step_is_three_frames_below_main(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     calls = record_steps(monkeypatch, stop_after=1)
     with pytest.raises(Stop):
         train_teacher.main(["--model", "resnet8", "--epochs", "1", "--trial", "frames", *FAST])
-    assert calls[0][::-1] == ["fit", "run_epoch", "step", "optimize"], calls[0]
+    assert calls[0][::-1] == PLAIN, calls[0]
 
 
 def test_the_init_stage_runs_in_the_same_loop(workdir, monkeypatch):
@@ -90,4 +96,4 @@ def test_the_init_stage_runs_in_the_same_loop(workdir, monkeypatch):
     main_stage = [c for c in calls if "run_init_stage" not in c]
     assert init and main_stage
     for frames in calls:
-        assert frames[:4] == ["optimize", "step", "run_epoch", "fit"], frames
+        assert frames[:3] == PLAIN[::-1], frames

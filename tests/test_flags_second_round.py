@@ -19,7 +19,6 @@ from distiller_zoo.methods import method_names
 from engine.fit import LoopSettings, Member, default_print_freq, run_epoch
 from distiller_zoo.methods.embedding import MAX_FEAT_DIM
 from engine.options import MAX_DIST_TIMEOUT_MINUTES, counted
-from engine.stepping import OwnSteps
 from engine.trainer import Run, report_members
 from helper.distributed import DistContext
 from helper.errors import UserError
@@ -222,13 +221,13 @@ def _member(batches: int, loss_scale: float = 1.0, save_folder: str = "unused"):
 
     run = Run(name="m", save_folder=save_folder, train_modules=[model], eval_model=model,
               optimizer=optimizer, state_modules={})
-    return Member(None, run, loader), OwnSteps([compute_loss])
+    return Member(None, run, loader), compute_loss
 
 
 def test_a_short_epoch_prints_a_few_lines_by_default(capsys):
     """Digits has 23 steps per epoch: piped, the default shows steps 5, 10, 15 and 20."""
-    member, stepping = _member(23)
-    run_epoch([member], stepping, 1, LoopSettings(terminal=False), DistContext(CPU))
+    member, loss = _member(23)
+    run_epoch(member, loss, 1, LoopSettings(terminal=False), DistContext(CPU))
     steps = [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()]
     assert steps == ["Epoch: [1][5/23]", "Epoch: [1][10/23]", "Epoch: [1][15/23]", "Epoch: [1][20/23]"]
 
@@ -243,17 +242,17 @@ def test_print_freq_left_out_is_recorded_as_such():
 # ----------------------------------------------------------------------------- the NaN message
 
 def test_nan_in_the_first_epoch_says_no_checkpoint_was_written(capsys):
-    member, stepping = _member(4, loss_scale=float("nan"))
-    run_epoch([member], stepping, 1, LoopSettings(print_freq=2, terminal=False), DistContext(CPU))
+    member, loss = _member(4, loss_scale=float("nan"))
+    run_epoch(member, loss, 1, LoopSettings(print_freq=2, terminal=False), DistContext(CPU))
     assert "before writing any checkpoint" in member.failure and "last good" not in member.failure
     report_members([member])
     assert "stopped: training loss became nan at epoch 1" in capsys.readouterr().out
 
 
 def test_nan_later_names_the_checkpoint_kept(tmp_path):
-    member, stepping = _member(4, loss_scale=float("nan"), save_folder=str(tmp_path))
+    member, loss = _member(4, loss_scale=float("nan"), save_folder=str(tmp_path))
     open(member.run.last_path, "wb").close()
-    run_epoch([member], stepping, 3, LoopSettings(print_freq=2, terminal=False), DistContext(CPU))
+    run_epoch(member, loss, 3, LoopSettings(print_freq=2, terminal=False), DistContext(CPU))
     assert f"keeping its last good checkpoint {member.run.last_path} (epoch 2)" in member.failure
 
 
@@ -266,8 +265,8 @@ def test_counts_are_plural_only_when_more_than_one():
 def test_the_headline_says_one_epoch(capsys):
     config = student("--epochs", "1")
     config = train_student.with_teacher(config, None)
-    member, stepping = _member(1)
-    line = train_student.headline(config, DistContext(CPU), [member], stepping)
+    member, loss = _member(1)
+    line = train_student.headline(config, DistContext(CPU), [member])
     assert "for 1 epoch on" in line and "1 epochs" not in line
 
 

@@ -175,21 +175,27 @@ def check_cell(workdir, teacher: str, student: str, method: str) -> None:
     mismatch = refused(teacher, student, method)
     if mismatch is not None:
         with pytest.raises(UserError) as err:
-            config, trials, teacher_ckpt = train_student.ready_trials(parsed, dist)
-            train_student.prepare_trials(config, dist, trials, teacher_ckpt)
+            prepare_cell(parsed, dist)
         message = str(err.value)
         assert "\n" not in message
         assert str(mismatch[0]) in message and str(mismatch[1]) in message
         return
-    config, trials, teacher_ckpt = train_student.ready_trials(parsed, dist)
-    members, stepping, _, _ = train_student.prepare_trials(config, dist, trials, teacher_ckpt)
+    config, member, loss = prepare_cell(parsed, dist)
     assert config.run.channels_last  # the default memory format
-    run = members[0].run
+    run = member.run
     before = [p.detach().clone() for p in run.eval_model.parameters()]
-    members[0].train_loader = list(itertools.islice(members[0].train_loader, 1))
-    stats = run_epoch(members, stepping, 1, LoopSettings.from_config(config, method), dist)[0]
+    member.train_loader = list(itertools.islice(member.train_loader, 1))
+    stats = run_epoch(member, loss, 1, LoopSettings.from_config(config, method), dist)
     assert math.isfinite(stats["loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, run.eval_model.parameters()))
+
+
+def prepare_cell(parsed, dist: DistContext):
+    """What :func:`train_student.main` builds of a run before it trains (no folder claimed):
+    ``(config, member, loss)``."""
+    config, teacher_ckpt = train_student.ready(parsed, dist)
+    member, loss, _, _ = train_student.prepare_student(config, dist, teacher_ckpt)
+    return config, member, loss
 
 
 def test_the_sample_covers_every_method_and_pair():

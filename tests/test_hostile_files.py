@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import train_student
+from engine.model_io import read_teacher
 import validation
 from dataset import cifar100
 from helper import checkpoint as C
@@ -232,7 +232,7 @@ def test_list_and_tensor_files_are_not_checkpoints(tmp_path, capsys):
     assert "holds a list, not a state dict or a checkpoint dict" in load_error(teacher)
     # the caller stops there: it does not go on to take 'resnet8' from the folder name
     with pytest.raises(UserError, match="holds a list") as err:
-        train_student.load_teacher(str(teacher), "cifar100", torch.device("cpu"))
+        read_teacher(str(teacher), "cifar100", "./data")
     assert "architecture" not in str(err.value)
     torch.save(torch.ones(3), teacher)
     assert "holds a Tensor" in load_error(teacher)

@@ -17,7 +17,6 @@ from helper import logging_utils
 from helper.errors import UserError
 from engine.fit import LoopSettings, Member, run_epoch
 from engine.loops import DeviceMeter
-from engine.stepping import OwnSteps
 from engine.trainer import Run
 from helper.distributed import DistContext
 from helper.logging_utils import LOG_FILE, is_terminal, tee_to
@@ -113,8 +112,7 @@ def test_terminal_keeps_the_bar_and_prints_no_lines(capsys):
               optimizer=optimizer, state_modules={})
 
     def one_epoch(epoch, terminal):
-        stepping = OwnSteps([lambda batch, epoch: compute_loss(batch)])
-        run_epoch([Member(None, run, loader)], stepping, epoch,
+        run_epoch(Member(None, run, loader), lambda batch, epoch: compute_loss(batch), epoch,
                   LoopSettings(print_freq=5, terminal=terminal), DistContext(cpu))
 
     with pytest.MonkeyPatch.context() as mp:

@@ -188,14 +188,56 @@ def test_method_trains(name):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_method_declarations(name):
+# What the shipped methods declare, pinned (features, student pre-activation, teacher
+# pre-activation, sample indices, init stage), as RepDistiller's train_student.py feeds them. A
+# method added later is not pinned here: test_declarations_match_behaviour checks every method.
+SHIPPED_DECLARATIONS = {
+    "abound": (True, True, True, False, True), "attention": (True, False, False, False, False),
+    "correlation": (True, False, False, False, False), "crd": (True, False, False, True, False),
+    "ctkd": (False, False, False, False, False), "dkd": (False, False, False, False, False),
+    "factor": (True, False, False, False, True), "fsp": (True, False, False, False, True),
+    "hint": (True, False, False, False, False), "kd": (False, False, False, False, False),
+    "kdrefine": (False, False, False, False, False), "kdsvd": (True, False, False, False, False),
+    "mlkd": (False, False, False, False, False), "nst": (True, False, False, False, False),
+    "ofd": (True, True, True, False, False), "pkt": (True, False, False, False, False),
+    "reviewkd": (True, False, True, False, False), "rkd": (True, False, False, False, False),
+    "semckd": (True, False, False, False, False), "similarity": (True, False, False, False, False),
+    "srrl": (True, False, False, False, False), "vid": (True, False, False, False, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_DECLARATIONS))
+def test_shipped_method_declarations(name):
     cls = dz.methods.get_method(name)
-    assert cls.needs_feats == (name not in {"kd", "kdrefine", "dkd", "ctkd", "mlkd"})
-    assert cls.needs_preact == (name in {"abound", "ofd"})
-    assert cls.preact_for(teacher=True) == (name in {"abound", "ofd", "reviewkd"})
-    assert cls.needs_index == (name == "crd")
-    assert cls.has_init_stage == (name in {"abound", "factor", "fsp"})
+    declared = (cls.needs_feats, cls.preact_for(teacher=False), cls.preact_for(teacher=True),
+                cls.needs_index, cls.has_init_stage)
+    assert declared == SHIPPED_DECLARATIONS[name]
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_declarations_match_behaviour(name):
+    """A method that declares it reads no features (or no sample indices) gives the same terms
+    without them, so the training loop may skip computing them."""
+    cls = dz.methods.get_method(name)
+    widths = SAME_WIDTHS if name in SAME_CHANNELS_ONLY else WIDER_TEACHER
+    images, target, index, contrast_idx = data(0)
+
+    def terms(drop_feats: bool, drop_index: bool) -> dict[str, torch.Tensor]:
+        student, teacher, method = build(name, widths)
+        with torch.no_grad():
+            feat_t, logit_t = teacher(images, is_feat=True, preact=cls.preact_for(teacher=True))
+        feat_s, logit_s = student(images, is_feat=True, preact=cls.preact_for(teacher=False))
+        if drop_feats:
+            feat_s, feat_t = [], []
+        return method(feat_s, logit_s, feat_t, logit_t, target, 1,
+                      index=None if drop_index else index,
+                      contrast_idx=None if drop_index else contrast_idx)
+
+    full = terms(False, False)
+    reduced = terms(not cls.needs_feats, not cls.needs_index)
+    assert set(full) == set(reduced)
+    for key in full:
+        torch.testing.assert_close(full[key], reduced[key], rtol=0, atol=0, msg=key)
 
 
 def test_unknown_method_lists_known_names():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import models
+from engine.config import check_architecture
 from engine.model_io import _form_hint
 from helper.errors import UserError
 from models import (CIFAR_ZOO, IMAGENET_ZOO, ModelFacts, ModelRegistry, ModelZoo, imagenet_model_dict,
@@ -74,19 +75,24 @@ def test_name_checks_keep_their_one_line_messages():
         check_imagenet_model_name("resnet181")
     assert str(err.value) == ("unknown ImageNet model 'resnet181' given to --model; known "
                               "ImageNet models: " + ", ".join(sorted(imagenet_model_dict)))
+    # a name of the other zoo: which --dataset selects it comes from the data-set registry
+    # (dataset.zoo_dataset), since a zoo names no data set
     with pytest.raises(UserError) as err:
-        CIFAR_ZOO.check_name("resnet18", "--model_t")
+        check_architecture(CIFAR_ZOO, "resnet18", "--model_t")
     assert str(err.value) == ("--model_t resnet18 is an ImageNet model; pass --dataset imagenet, "
                               "or one of: " + ", ".join(sorted(model_dict)))
     with pytest.raises(UserError) as err:
-        IMAGENET_ZOO.check_name("wrn_40_2")
+        check_architecture(IMAGENET_ZOO, "wrn_40_2", "--model")
     assert str(err.value) == ("--model wrn_40_2 is a CIFAR model; pass --dataset cifar100, "
                               "or one of: " + ", ".join(sorted(imagenet_model_dict)))
     assert "\n" not in str(err.value)
+    assert check_architecture(IMAGENET_ZOO, "resnet18", "--model") == "resnet18"
+    with pytest.raises(UserError, match="^unknown model 'resnet9' given to -a; known models: "):
+        check_architecture(CIFAR_ZOO, "resnet9", "-a")
 
 
 def test_a_new_registry_registers_builds_and_refuses_duplicates():
-    zoo = ModelRegistry("toy", "a toy", "toy", default_classes=3, label="toy ")
+    zoo = ModelRegistry("toy", "a toy", default_classes=3, label="toy ")
 
     @zoo.register(rep=True, lr_group="low", low_init_lr=True)
     def tiny(num_classes: int, blocktype: str = "AMBB", deploy: bool = False) -> torch.nn.Module:

@@ -19,7 +19,7 @@ is_imagenet_rep_model = IMAGENET_ZOO.is_rep
 
 def check_imagenet_model_name(name: str, flag: str = "--model") -> str:
     """Return ``name`` if registered, else raise a :class:`UserError` listing the known names."""
-    return IMAGENET_ZOO.check_name(name, flag, other_zoos=False)
+    return IMAGENET_ZOO.check_name(name, flag)
 
 
 def build_imagenet_model(name: str, num_classes: int = 1000, blocktype: str | None = None,
