@@ -28,6 +28,7 @@ from engine.stacked import can_stack
 from engine.trainer import make_optimizer
 from models import model_dict
 from tests.cifar_fixtures import write_fake_cifar100
+from tests.reference import FLOAT32_CANCELLATION_RTOL as KL_RTOL
 from tests.reference import deterministic_state_dict, forward_input
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "peer_reference", "ctkd.json")
@@ -76,19 +77,22 @@ def test_reversal_weight_is_the_authors_cosine_and_reverses():
     torch.testing.assert_close(x.grad, torch.tensor([-0.25, -0.75]))
 
 
-@pytest.mark.parametrize("index", range(len(reference()["cases"])))
+@pytest.mark.parametrize("index", range(len(reference()["cases_float64"])))
 def test_loss_temperature_gradient_and_step_equal_the_authors(index):
     """At a fixed temperature parameter and epoch: the temperature, the KD term, the weighted
     loss, the reversed gradient of the temperature's parameter, the student's logit gradient
-    and one SGD step of the parameter, as the authors' code computes them."""
-    case = reference()["cases"][index]
-    x = {k: torch.tensor(v) for k, v in reference()["inputs"].items()}
+    and one SGD step of the parameter, as the authors' code computes them. In float64 (the
+    fixture's ``cases_float64``, their code run in float64): in float32 the temperature's
+    gradient at T = 15 is a small difference of large terms, and the authors' float32 value is
+    1.2% from the exact one (their ``cases``, kept in the fixture)."""
+    case = reference()["cases_float64"][index]
+    x = {k: torch.tensor(v, dtype=torch.float64) for k, v in reference()["inputs"].items()}
     logit_stand = case["variant"] == "ls"
-    method = ctkd(logit_stand)
+    method = ctkd(logit_stand).double()
     with torch.no_grad():
         method.temperature.theta.fill_(case["theta"])
     logit_s = x["logit_s"].clone().requires_grad_()
-    terms = method(None, logit_s, None, x["logit_t"], x["target"], case["epoch"])
+    terms = method(None, logit_s, None, x["logit_t"], x["target"].long(), case["epoch"])
     recipe = CTKD.recipe_for(logit_stand)
     loss = recipe.gamma * terms["cls"] + recipe.alpha * terms["div"]
     optimizer = authors_optimizer(method.trainable_modules()[0].parameters())
@@ -96,16 +100,17 @@ def test_loss_temperature_gradient_and_step_equal_the_authors(index):
     loss.backward()
     theta = method.temperature.theta
     terms = {k: v.detach() for k, v in terms.items()}
-    assert float(terms["temperature"]) == pytest.approx(case["temperature"], rel=1e-6)
-    assert float(terms["cls"]) == pytest.approx(case["loss_cls"], rel=1e-6)
-    assert float(terms["div"]) == pytest.approx(case["loss_div"], rel=1e-6)
-    assert float(loss.detach()) == pytest.approx(case["loss"], rel=1e-6)
+    assert float(terms["temperature"]) == pytest.approx(case["temperature"], rel=1e-12)
+    assert float(terms["cls"]) == pytest.approx(case["loss_cls"], rel=1e-12)
+    assert float(terms["div"]) == pytest.approx(case["loss_div"], rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(case["loss"], rel=1e-10)
     assert float(terms["kd"]) == 0.0
-    assert float(theta.grad) == pytest.approx(case["theta_grad"], rel=1e-5)
+    assert float(theta.grad) == pytest.approx(case["theta_grad"], rel=1e-8)
     if "logit_s_grad" in case:
-        torch.testing.assert_close(logit_s.grad, torch.tensor(case["logit_s_grad"]))
+        torch.testing.assert_close(logit_s.grad, torch.tensor(case["logit_s_grad"], dtype=torch.float64),
+                                   rtol=1e-9, atol=1e-12)
     optimizer.step()
-    assert float(theta.detach()) == pytest.approx(case["theta_after_step"], rel=1e-6)
+    assert float(theta.detach()) == pytest.approx(case["theta_after_step"], rel=1e-12)
 
 
 def test_logit_stand_means_standardized_logits_unlike_the_authors_flag():
@@ -116,7 +121,7 @@ def test_logit_stand_means_standardized_logits_unlike_the_authors_flag():
     x = {k: torch.tensor(v) for k, v in reference()["inputs"].items()}
     by_variant = {c["variant"]: c for c in reference()["cases"] if c["theta"] == 1.0 and c["epoch"] == 3}
     ours = ctkd(True)(None, x["logit_s"], None, x["logit_t"], x["target"], 3)["div"].detach()
-    assert float(ours) == pytest.approx(by_variant["ls"]["loss_div"], rel=1e-6)
+    assert float(ours) == pytest.approx(by_variant["ls"]["loss_div"], rel=KL_RTOL)
     assert abs(float(ours) - by_variant["plain"]["loss_div"]) > 1.0  # what their --logit_stand gives
 
 
@@ -139,9 +144,9 @@ def test_one_training_step_equals_the_authors(variant):
     method.train()
     batch = Batch(forward_input(), (torch.arange(8) * 7) % 100)
     output = optimize(lambda: step(batch, expected["epoch"]), optimizer, None, torch.device("cpu"), False)
-    assert float(output[0].detach()) == pytest.approx(expected["loss"], rel=1e-5)
+    assert float(output[0].detach()) == pytest.approx(expected["loss"], rel=KL_RTOL)
     assert float(output.terms["temperature"]) == pytest.approx(expected["temperature"], rel=1e-6)
-    assert float(method.temperature.theta.detach()) == pytest.approx(expected["theta_after_step"], rel=1e-6)
+    assert float(method.temperature.theta.detach()) == pytest.approx(expected["theta_after_step"], rel=KL_RTOL)
     for name, p in student.named_parameters():  # each parameter's update
         delta = (p.detach() - before[name]).double()
         size = expected["student_delta_abs_sum"][name]
