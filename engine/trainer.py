@@ -29,9 +29,10 @@ import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
 
-from distiller_zoo.methods import Params
+from distiller_zoo.methods import Params, unread_flags
 from engine.config import MethodConfig, OptimConfig, RunConfig, StudentOptim, TrainingConfig, config_dict
 from engine.dot import DistillationOrientedSGD
+from engine.options import counted
 from helper.checkpoint import (check_fields, describe_mismatch, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state)
 from helper.distributed import DistContext
@@ -133,15 +134,18 @@ def used_params(method: MethodConfig) -> list[Params]:
 def result_keys(config: TrainingConfig) -> list[str]:
     """The flags whose values decide what ``config``'s run computes, derived from its sections:
     every field of the model, method, optimization and data sections but
-    :data:`NOT_RESULT_FIELDS`, of the methods' own parameters those the run reads
-    (:func:`used_params`), of the run section :data:`RUN_RESULT_FIELDS`, and ``learning_rate``
-    (one process's rate). What ``--resume`` may not change."""
+    :data:`NOT_RESULT_FIELDS` and the flags the method never reads (``--init_epochs`` of a
+    method without an init stage: :func:`distiller_zoo.methods.unread_flags`), of the methods'
+    own parameters those the run reads (:func:`used_params`), of the run section
+    :data:`RUN_RESULT_FIELDS`, and ``learning_rate`` (one process's rate). What ``--resume``
+    may not change."""
     keys = ["learning_rate"]
     for section in config.sections():
         if isinstance(section, RunConfig):
             keys += RUN_RESULT_FIELDS
         elif isinstance(section, MethodConfig):
-            keys += [f.name for f in fields(section) if f.name != "own"]
+            unread = unread_flags(section.distill)
+            keys += [f.name for f in fields(section) if f.name != "own" and f.name not in unread]
             keys += [f.name for params in used_params(section) for f in fields(params)]
         else:
             keys += [name for name, _ in section.items() if name not in NOT_RESULT_FIELDS]
@@ -270,7 +274,7 @@ def resume(run: Run, path: str, config: TrainingConfig) -> Progress:
     set_rng_state(ckpt["rng_state"])
     print(f"resumed from {path} at epoch {ckpt['epoch']} (best accuracy {ckpt.get('best_acc', 0):.2f})")
     if len(changes) > len(recorded_epoch_changes(ckpt)):
-        print(f"--epochs {config.optim.epochs}: the run planned {changes[-1]['from']} epochs; the change "
+        print(f"--epochs {config.optim.epochs}: the run planned {counted(changes[-1]['from'], 'epoch')}; the change "
               "is recorded in its checkpoints and metrics (epochs_changed)")
     return Progress(start_epoch=int(ckpt["epoch"]) + 1, best_acc=float(ckpt.get("best_acc", 0.0)))
 

@@ -54,18 +54,29 @@ def refusal(ckpt: dict, config, arch: str = "represnet8") -> str:
 def test_result_keys_come_from_the_sections():
     keys = set(result_keys(student()))
     assert {"model_s", "model_t", "blocktype", "distill", "gamma", "alpha", "beta", "kd_T", "logit_stand",
-            "init_epochs", "epochs", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
+            "epochs", "batch_size", "learning_rate", "lr_decay_epochs", "lr_decay_rate",
             "weight_decay", "momentum", "no_lr_scale", "dataset", "loader", "trial", "seed"} <= keys
     assert not keys & {"print_freq", "num_workers", "device", "resume", "overwrite", "dist_timeout", "path_t",
                        "data_folder", "world_size", "base_learning_rate", "save_folder", "tb_folder", "amp",
                        "compile", "trials", "trials_mode"}
-    assert not keys & {"nce_k", "feat_dim", "dkd_alpha"}  # kd reads no method parameters
+    assert not keys & {"nce_k", "feat_dim", "dkd_alpha", "init_epochs"}  # kd reads no method parameters
+    assert "init_epochs" in result_keys(student("--distill", "fsp"))  # its init stage's length
     assert {"nce_k", "feat_dim", "nce_t", "nce_m", "mode"} <= set(result_keys(student("--distill", "crd")))
     assert "dkd_alpha" in result_keys(student("--distill", "dkd")) and "nce_k" not in result_keys(
         student("--distill", "dkd"))
     teacher_keys = set(result_keys(teacher()))
     assert {"model", "learning_rate", "weight_decay", "trial", "seed"} <= teacher_keys
     assert "save_freq" not in teacher_keys
+
+
+def test_a_flag_the_method_never_reads_may_differ():
+    """kd has no init stage: an --init_epochs given to its resume changes nothing it computes,
+    so it is not a difference; fsp's init stage reads it, so there it is one."""
+    assert check_continuation(checkpoint_of(student()), "run/represnet8_last.pth",
+                              student("--init_epochs", "7"), "represnet8") == []
+    fsp = checkpoint_of(student("--distill", "fsp"))
+    assert "init_epochs: 30 in the checkpoint, 7 in the command" in refusal(
+        fsp, student("--distill", "fsp", "--init_epochs", "7"))
 
 
 def test_another_method_trial_and_seed_are_refused_and_named():
@@ -110,6 +121,17 @@ def test_an_explicit_epochs_extension_is_allowed_and_returned():
                                           "--distill", "kd", "--seed", "0"])  # --epochs left out: 240
     text = refusal(ckpt, default)
     assert "epochs: 2 in the checkpoint, 240 in the command" in text and "give --epochs" in text
+
+
+def test_a_one_epoch_run_extended_is_said_in_the_singular(tmp_path, capsys):
+    model = torch.nn.Linear(2, 2)
+    run = Run(name="resnet8", save_folder=str(tmp_path), train_modules=[model], eval_model=model,
+              optimizer=torch.optim.SGD(model.parameters(), lr=0.1), state_modules={"model": model},
+              extra_state={"arch": "resnet8"})
+    one_epoch = train_teacher.parse_option(["--model", "resnet8", "--epochs", "1", "--seed", "0"])
+    save_epoch(run, one_epoch, 1, 10.0, 10.0, is_best=False)
+    resume(run, run.last_path, teacher("--epochs", "3"))
+    assert "the run planned 1 epoch;" in capsys.readouterr().out
 
 
 def test_another_architecture_is_named_before_the_settings():
