@@ -71,11 +71,13 @@ def build_method_for(config: StudentConfig, student: nn.Module, teacher: nn.Modu
                      probe: torch.Tensor, n_data: int) -> nn.Module:
     """The method of ``config`` (:func:`distiller_zoo.methods.build_distiller`, with its own
     parameters and the shared ones) with the feature shapes read off one forward of ``probe``
-    (a couple of images) through student (in eval mode) and teacher; the method is put on
-    ``probe``'s device."""
+    (a couple of images) through student and teacher, both in eval mode (the probe must not
+    move the teacher's BN statistics, whatever mode the caller left it in); the method is put
+    on ``probe``'s device."""
     method = config.method
     method_cls = get_method(method.distill)
     student.eval()
+    teacher.eval()
     with torch.no_grad():
         feat_s, _ = student(probe, is_feat=True, preact=method_cls.preact_for(teacher=False))
         feat_t, _ = teacher(probe, is_feat=True, preact=method_cls.preact_for(teacher=True))

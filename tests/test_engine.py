@@ -14,6 +14,8 @@ import torch
 
 import train_student
 import train_teacher
+from engine.distill import build_method_for
+from models import model_dict
 from tests.cli_helpers import FAST, student_args, teacher_workdir
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,3 +99,17 @@ def test_the_init_stage_runs_in_the_same_loop(workdir, monkeypatch):
     assert init and main_stage
     for frames in calls:
         assert frames[:3] == PLAIN[::-1], frames
+
+
+def test_building_a_method_leaves_the_teachers_statistics_alone():
+    """The probe batch that gives the method its feature shapes goes through the teacher in eval
+    mode even when the caller left it in train mode: its BN statistics stay the file's."""
+    config = train_student.parse_option(["--path_t", "t.pth", "--model_t", "resnet8", "--model_s", "resnet8",
+                                         "--distill", "hint"])
+    torch.manual_seed(0)
+    student, teacher = model_dict["resnet8"](num_classes=100), model_dict["resnet8"](num_classes=100)
+    teacher.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    build_method_for(config, student, teacher, torch.randn(2, 3, 32, 32), 100)
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
