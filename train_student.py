@@ -48,7 +48,8 @@ from engine.config import (StudentConfig, build_student_config, check_architectu
                            with_section)
 from engine.options import (OneLineParser, add_data_flags, add_dot_flags, add_optimization_flags, add_original_flags,
                             add_run_flags, check_flag_values, counted, print_config, resolved_config)
-from engine.trainer import Run, check_resume, make_optimizer, place_model, report_members, start_members
+from engine.trainer import (TEACHER_SHA, Run, check_resume, make_optimizer, place_model, report_members,
+                            start_members)
 from engine.trials import check_stacked_start, check_trials_flags, fit_trials, stepping_for, trial_configs
 from helper.util import data_seed, set_seed
 from models import BLOCK_TYPES, imagenet_model_dict, model_dict
@@ -159,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     started = time.time()
     with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
         config, teacher_ckpt = ready(config, dist)
-        check_resume(config, config.model.model_s)  # --resume continues this run's own record, or one line
-        member, loss, test_loader, teacher_acc = prepare_student(config, dist, teacher_ckpt, held)
+        teacher_sha = file_sha256(config.model.path_t)
+        check_resume(config, config.model.model_s, teacher_sha)  # this run's own record, or one line
+        member, loss, test_loader, teacher_acc = prepare_student(config, dist, teacher_ckpt, held, teacher_sha)
         start_members([member], config.run.resume, dist, [student_config(config)], held)
         print(headline(config, dist, [member]))
         settings = LoopSettings.from_config(config, config.method.distill)
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def prepare_student(config: StudentConfig, dist: DistContext, teacher_ckpt,
-                    held: contextlib.ExitStack | None = None) -> tuple[Member, DistillStep, object, float]:
+                    held: contextlib.ExitStack | None = None,
+                    teacher_sha: str | None = None) -> tuple[Member, DistillStep, object, float]:
     """Everything :func:`main` trains, in order: the teacher (frozen), the data, the student and
     its method (built on a probe batch, so a method that does not fit the pair stops here,
     before ``held`` claims the run's folder; no folder is claimed without ``held``), the
@@ -182,7 +185,8 @@ def prepare_student(config: StudentConfig, dist: DistContext, teacher_ckpt,
         hold_folders(held, [config], dist)
     teacher_acc = teacher_accuracy(config, teacher, test_loader, dist)
     trial = build_trial(built, teacher, dist)
-    member = student_member(trial, make_optimizer(trial.trained_parameters(), config.optim), dist)
+    member = student_member(trial, make_optimizer(trial.trained_parameters(), config.optim), dist,
+                            teacher_sha=teacher_sha)
     return member, trial.step, test_loader, teacher_acc
 
 
@@ -193,10 +197,12 @@ def main_trials(config: StudentConfig) -> dict[str, float]:
     started = time.time()
     with distributed(config.run.device, config.run.dist_timeout) as dist, contextlib.ExitStack() as held:
         config, teacher_ckpt = ready(config, dist)
+        teacher_sha = file_sha256(config.model.path_t)
         trials = trial_configs(config)
         for trial in trials:  # --resume continues each trial's own run, or one line
-            check_resume(trial, trial.model.model_s)
-        members, stepping, test_loader, teacher_acc = prepare_trials(config, dist, trials, teacher_ckpt, held)
+            check_resume(trial, trial.model.model_s, teacher_sha)
+        members, stepping, test_loader, teacher_acc = prepare_trials(config, dist, trials, teacher_ckpt, held,
+                                                                     teacher_sha)
         start_members(members, config.run.resume, dist, [student_config(t) for t in trials], held)
         check_stacked_start(stepping, members)
         print(headline(config, dist, members, stepping))
@@ -207,7 +213,8 @@ def main_trials(config: StudentConfig) -> dict[str, float]:
 
 
 def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[StudentConfig], teacher_ckpt,
-                   held: contextlib.ExitStack | None = None) -> tuple[list[Member], object, object, float]:
+                   held: contextlib.ExitStack | None = None,
+                   teacher_sha: str | None = None) -> tuple[list[Member], object, object, float]:
     """:func:`prepare_student` for every trial of ``--trials``, with one teacher and each trial's
     own data order, and their stepping (:func:`engine.trials.stepping_for`) in place of the
     optimizer. Returns ``(members, stepping, test_loader, teacher test accuracy)``."""
@@ -220,7 +227,8 @@ def prepare_trials(config: StudentConfig, dist: DistContext, trials: list[Studen
     teacher_acc = teacher_accuracy(config, teacher, test_loader, dist)
     parts = [build_trial(b, teacher, dist) for b in built]
     stepping, optimizers = stepping_for(parts, config.run.trials_mode, dist.device, config.run.amp)
-    members = [student_member(part, optimizer, dist, len(parts)) for part, optimizer in zip(parts, optimizers)]
+    members = [student_member(part, optimizer, dist, len(parts), teacher_sha)
+               for part, optimizer in zip(parts, optimizers)]
     return members, stepping, test_loader, teacher_acc
 
 
@@ -323,14 +331,17 @@ class BuiltStudent:
     rng: dict
 
 
-def student_member(part: StudentParts, optimizer, dist: DistContext, n_trials: int = 1) -> Member:
-    """The loop's member of one trial: its run (what is saved and restored), loader and label."""
+def student_member(part: StudentParts, optimizer, dist: DistContext, n_trials: int = 1,
+                   teacher_sha: str | None = None) -> Member:
+    """The loop's member of one trial: its run (what is saved and restored, with the teacher
+    file's sha256 that ``--resume`` compares), loader and label."""
     config = part.config
     models = config.model
     run = Run(name=models.model_s, save_folder=config.save_folder, train_modules=[part.student, part.method],
               eval_model=part.student, optimizer=optimizer,
               state_modules={"model": part.student, "method": part.method},
-              extra_state={"arch": models.model_s, "blocktype": models.blocktype, "model_t": models.model_t})
+              extra_state={"arch": models.model_s, "blocktype": models.blocktype, "model_t": models.model_t,
+                           **({TEACHER_SHA: teacher_sha} if teacher_sha else {})})
     label = f"trial {config.run.trial} | " if n_trials > 1 else ""
     return Member(config, run, part.train_loader, label=label, scaler=make_grad_scaler(dist.device, config.run.amp))
 

@@ -113,11 +113,15 @@ class Progress:
 
 #: Fields of the model, method, optimization and data sections that do not decide what a run
 #: computes: where the teacher file and the data lie (the teacher is compared by its
-#: architecture, ``model_t``), how many loader workers run, and what the number of processes
-#: derives (``--resume`` may change it: the rate one process is given, ``base_learning_rate``,
-#: is compared, as ``learning_rate``; its multiple ``learning_rate`` is not).
+#: architecture, ``model_t``, and by its file's sha256, :data:`TEACHER_SHA`), how many loader
+#: workers run, and what the number of processes derives (``--resume`` may change it: the rate
+#: one process is given, ``base_learning_rate``, is compared, as ``learning_rate``; its multiple
+#: ``learning_rate`` is not).
 NOT_RESULT_FIELDS = frozenset({"path_t", "data_folder", "num_workers", "learning_rate",
                                "base_learning_rate", "world_size", "schedule_defaults"})
+#: The checkpoint entry of a student run's teacher file: its sha256, compared on resume.
+TEACHER_SHA = "teacher_sha256"
+
 #: The fields of the run section (how a run is carried out: device, processes, speed switches,
 #: logging, resuming) that do decide what it computes (``plugin``: the modules whose
 #: registrations it used; compared where the checkpoint records it).
@@ -186,17 +190,20 @@ def recorded_epoch_changes(ckpt: Mapping[str, Any]) -> list[dict[str, int]]:
 
 
 def check_continuation(ckpt: Mapping[str, Any], path: str, config: TrainingConfig,
-                       arch: str | None) -> list[dict[str, int]]:
+                       arch: str | None, teacher_sha: str | None = None) -> list[dict[str, int]]:
     """Whether this command (``config``, training ``arch``) continues the run of ``ckpt``
     (loaded from ``path``): one line naming every setting of :func:`result_keys` in which they
     differ (``learning_rate: 0.05 in the checkpoint, 0.9 in the command``). Settings the
     checkpoint does not record (added since it was written) are not differences, and a
-    checkpoint without a ``config`` entry (older files) is not compared at all.
+    checkpoint without a ``config`` entry (older files) is not compared at all. A student's
+    teacher is compared by its file's sha256 (``teacher_sha``, the command's; the checkpoint's
+    :data:`TEACHER_SHA`), where both are known.
 
     ``--epochs`` given explicitly may differ, down to the epoch the checkpoint reached. Returns
     the run's changes of its planned epochs (the checkpoint's ``epochs_changed``, plus this
     one: ``{"at_epoch", "from", "to"}``)."""
     check_architecture(ckpt, path, arch)
+    check_teacher(ckpt, path, teacher_sha)
     recorded = ckpt.get("config")
     history = recorded_epoch_changes(ckpt)
     if not isinstance(recorded, Mapping):
@@ -223,6 +230,18 @@ def check_continuation(ckpt: Mapping[str, Any], path: str, config: TrainingConfi
     return history
 
 
+def check_teacher(ckpt: Mapping[str, Any], path: str, teacher_sha: str | None) -> None:
+    """One line when the checkpoint was distilled from another teacher file than the command's
+    (sha256 ``teacher_sha``): the same architecture and flags with other teacher weights is
+    another run. Not compared where either is unknown (a teacher run, an older checkpoint)."""
+    recorded = ckpt.get(TEACHER_SHA)
+    if teacher_sha is None or not isinstance(recorded, str) or recorded == teacher_sha:
+        return
+    raise UserError(f"cannot resume from {path}: its run was distilled from another teacher file "
+                    f"(sha256 {recorded[:12]}; this command's --path_t has sha256 {teacher_sha[:12]}); "
+                    "give the teacher that run was started with, or leave out --resume to train a new run")
+
+
 def resume_source(flag: str | None, save_folder: str, name: str) -> str | None:
     """The checkpoint ``--resume`` (``flag``) continues from: the file it names, or the run's
     own ``<save_folder>/<name>_last.pth`` for ``--resume`` alone; None without it."""
@@ -231,18 +250,18 @@ def resume_source(flag: str | None, save_folder: str, name: str) -> str | None:
     return last_path_of(save_folder, name) if flag == "auto" else flag
 
 
-def check_resume(config: TrainingConfig, name: str) -> None:
+def check_resume(config: TrainingConfig, name: str, teacher_sha: str | None = None) -> None:
     """Before a run claims its folder (on every process): one line when its ``--resume`` cannot
     continue it: no checkpoint to continue, or one of another run (:func:`check_continuation`;
-    ``name``: the run's file prefix and architecture). :func:`resume` checks again, under the
-    folder's lock."""
+    ``name``: the run's file prefix and architecture; ``teacher_sha``: a student's teacher file).
+    :func:`resume` checks again, under the folder's lock."""
     path = resume_source(config.run.resume, config.save_folder, name)
     if path is None:
         return
     if config.run.resume == "auto" and not os.path.lexists(path):
         raise UserError(f"--resume: {config.save_folder} holds no {name}_last.pth, so there is no "
                         "run to continue; leave out --resume to start it")
-    check_continuation(load_checkpoint(path), path, config, name)
+    check_continuation(load_checkpoint(path), path, config, name, teacher_sha)
 
 
 def resume(run: Run, path: str, config: TrainingConfig) -> Progress:
@@ -250,7 +269,8 @@ def resume(run: Run, path: str, config: TrainingConfig) -> Progress:
     continue this run (:func:`check_continuation`, against ``config``)."""
     ckpt = load_checkpoint(path)
     check_fields(ckpt, path)  # epoch, accuracies and RNG states of the right types and ranges
-    changes = check_continuation(ckpt, path, config, run.extra_state.get("arch"))
+    changes = check_continuation(ckpt, path, config, run.extra_state.get("arch"),
+                                 run.extra_state.get(TEACHER_SHA))
     if not isinstance(ckpt.get("config"), Mapping):
         print(f"warning: {path} records no configuration (an older file): this command's settings "
               "are taken to be the run's, unchecked")

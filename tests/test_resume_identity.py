@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -17,9 +18,10 @@ import torch
 import train_student
 import train_teacher
 from engine.config import config_dict
-from engine.trainer import Run, check_continuation, resume, result_keys, save_epoch
+from engine.trainer import TEACHER_SHA, Run, check_continuation, resume, result_keys, save_epoch
 from helper.checkpoint import load_checkpoint, save_checkpoint
 from helper.errors import UserError
+from helper.provenance import file_sha256
 from models import CIFAR_ZOO
 from tests.cifar_fixtures import write_fake_cifar100
 from tests.cli_helpers import exit_message
@@ -77,6 +79,17 @@ def test_a_flag_the_method_never_reads_may_differ():
     fsp = checkpoint_of(student("--distill", "fsp"))
     assert "init_epochs: 30 in the checkpoint, 7 in the command" in refusal(
         fsp, student("--distill", "fsp", "--init_epochs", "7"))
+
+
+def test_another_teacher_file_is_refused_where_both_hashes_are_known():
+    ckpt = {**checkpoint_of(student()), TEACHER_SHA: "a" * 64}
+    assert check_continuation(ckpt, "run/represnet8_last.pth", student(), "represnet8", "a" * 64) == []
+    assert check_continuation(ckpt, "run/represnet8_last.pth", student(), "represnet8") == []  # unknown: not compared
+    older = checkpoint_of(student())  # written before checkpoints recorded the teacher's hash
+    assert check_continuation(older, "run/represnet8_last.pth", student(), "represnet8", "b" * 64) == []
+    with pytest.raises(UserError, match=r"another teacher file \(sha256 aaaaaaaaaaaa; this command's --path_t "
+                                        r"has sha256 bbbbbbbbbbbb\)"):
+        check_continuation(ckpt, "run/represnet8_last.pth", student(), "represnet8", "b" * 64)
 
 
 def test_another_method_trial_and_seed_are_refused_and_named():
@@ -210,10 +223,18 @@ def test_student_resume_of_another_run_is_refused_and_an_extension_recorded(work
                                     "--seed", "99", "--batch_size", "16", "--resume"))
     for key in ("learning_rate", "kd_T", "weight_decay", "seed", "batch_size"):
         assert f"{key}: " in msg, msg
+    torch.manual_seed(1)  # the same architecture with other weights: another teacher
+    save_checkpoint({"model": CIFAR_ZOO.build("resnet8", num_classes=100).state_dict(), "arch": "resnet8"},
+                    "other_teacher.pth")
+    msg = exit_message(capsys, train_student.main, student_argv("--epochs", "2", "--resume",
+                                                                "--path_t", "other_teacher.pth"))
+    assert "distilled from another teacher file" in msg
+    assert load_checkpoint(last)[TEACHER_SHA][:12] in msg and file_sha256("other_teacher.pth")[:12] in msg
     assert open(metrics, "rb").read() == before  # a metrics file is only written by its own run
     assert listing(folder, *(os.path.join("save", d) for d in ("student_model", "student_tensorboards"))) == outputs
 
-    train_student.main(student_argv("--epochs", "2", "--resume"))
+    shutil.copyfile("teacher.pth", "same_teacher_elsewhere.pth")  # the same file's bytes at another path
+    train_student.main(student_argv("--epochs", "2", "--resume", "--path_t", "same_teacher_elsewhere.pth"))
     record = json.load(open(metrics))
     assert record["planned_epochs"] == record["reached_epoch"] == record["config"]["epochs"] == 2
     assert record["epochs_changed"] == [{"at_epoch": 1, "from": 1, "to": 2}]
