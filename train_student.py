@@ -291,11 +291,13 @@ def headline(config: StudentConfig, dist: DistContext, members: list[Member], st
 
 def write_results(config: StudentConfig, members: list[Member], teacher_acc: float,
                   dist: DistContext, wall_time_s: float) -> None:
-    """Each finished trial's ``test_last_metrics.json`` (rank 0), with its provenance."""
+    """Each finished trial's ``test_last_metrics.json`` (rank 0), with its provenance (the
+    teacher's sha256 as hashed when the run loaded it, the one its checkpoints record)."""
     if not dist.is_main:
         return
     path = config.model.path_t
-    teacher = {"path": path, "sha256": file_sha256(path), "test_acc": teacher_acc}
+    sha = members[0].run.extra_state.get(TEACHER_SHA) or file_sha256(path)
+    teacher = {"path": path, "sha256": sha, "test_acc": teacher_acc}
     for member in members:
         if member.last and not member.failure:
             write_json_atomic(os.path.join(member.run.save_folder, METRICS_FILE),

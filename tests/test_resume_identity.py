@@ -239,6 +239,7 @@ def test_student_resume_of_another_run_is_refused_and_an_extension_recorded(work
     assert record["planned_epochs"] == record["reached_epoch"] == record["config"]["epochs"] == 2
     assert record["epochs_changed"] == [{"at_epoch": 1, "from": 1, "to": 2}]
     assert load_checkpoint(last)["epochs_changed"] == record["epochs_changed"]
+    assert record["teacher"]["sha256"] == load_checkpoint(last)[TEACHER_SHA] == file_sha256("teacher.pth")
 
 
 def test_teacher_resume_with_other_settings_is_refused_before_anything_loads(workdir, monkeypatch, capsys):
