@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distiller_zoo.methods import (DEFAULT_METHOD, Params, Recipe, get_method, method_names,  # noqa: E402
                                    method_params_classes)
-from helper.errors import UserError, exit_on_user_error  # noqa: E402
+from helper.errors import exit_on_user_error  # noqa: E402
+from helper.readme_blocks import with_block  # noqa: E402
 from helper.ranges import Range  # noqa: E402
 from train_student import build_parser  # noqa: E402
 
@@ -51,8 +52,8 @@ def row(name: str) -> str:
 
 
 def table() -> str:
-    """The whole table, one row per registered method (sorted by name), between its markers."""
-    return "\n".join([BEGIN, "", HEADER, *(row(name) for name in method_names()), "", END])
+    """The whole table, one row per registered method (sorted by name)."""
+    return "\n".join([HEADER, *(row(name) for name in method_names())])
 
 
 def _shown(value) -> str:
@@ -124,26 +125,14 @@ def flags_paragraph() -> str:
             f"in the method's group): {own}.")
 
 
-def flags_block() -> str:
-    """The flags paragraph between its markers."""
-    return "\n".join([FLAGS_BEGIN, "", flags_paragraph(), "", FLAGS_END])
-
-
-def _replaced(readme: str, begin: str, end: str, text: str, what: str) -> str:
-    start, stop = readme.find(begin), readme.find(end)
-    if start < 0 or stop < start:
-        raise UserError(f"README.md has no {what} between {begin!r} and {end!r}")
-    return readme[:start] + text + readme[stop + len(end):]
-
-
 def with_table(readme: str) -> str:
-    """``readme`` with the text between the markers (inclusive) replaced by :func:`table`."""
-    return _replaced(readme, BEGIN, END, table(), "methods table")
+    """``readme`` with the text between the table's markers replaced by :func:`table`."""
+    return with_block(readme, BEGIN, END, table())
 
 
 def with_flags(readme: str) -> str:
-    """``readme`` with the text between the flags markers (inclusive) replaced by :func:`flags_block`."""
-    return _replaced(readme, FLAGS_BEGIN, FLAGS_END, flags_block(), "method flags paragraph")
+    """``readme`` with the text between the flags markers replaced by :func:`flags_paragraph`."""
+    return with_block(readme, FLAGS_BEGIN, FLAGS_END, flags_paragraph())
 
 
 def with_generated(readme: str) -> str:
@@ -160,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--print", action="store_true", help="print the table and the flags paragraph")
     args = parser.parse_args(argv)
     if args.print:
-        print(table() + "\n\n" + flags_block())
+        print(table() + "\n\n" + flags_paragraph())
         return 0
     with open(README, encoding="utf-8") as fh:
         readme = fh.read()

@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import DEFAULT_DATASET  # noqa: E402
 from distiller_zoo import get_method, method_names  # noqa: E402
-from helper.errors import UserError, exit_on_user_error  # noqa: E402
+from helper.errors import exit_on_user_error  # noqa: E402
+from helper.readme_blocks import with_block  # noqa: E402
 from scripts.method_table import weights  # noqa: E402
 from scripts.run_table import Table, expand, load_table  # noqa: E402
 
@@ -292,11 +293,7 @@ def blocks(root: str = ROOT) -> dict[str, str]:
 def with_blocks(readme: str, root: str = ROOT) -> str:
     """``readme`` with the text between each block's markers replaced by the generated one."""
     for name, text in blocks(root).items():
-        start, stop = readme.find(begin(name)), readme.find(end(name))
-        if start < 0 or stop < start:
-            raise UserError(f"README.md has no block between {begin(name)!r} and {end(name)!r}")
-        readme = readme[:start] + "\n".join([begin(name), "", text, "", end(name)]) + \
-            readme[stop + len(end(name)):]
+        readme = with_block(readme, begin(name), end(name), text)
     return readme
 
 
