@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distiller_zoo.methods import (DEFAULT_METHOD, Params, Recipe, get_method, method_names,  # noqa: E402
                                    method_params_classes)
 from helper.errors import exit_on_user_error  # noqa: E402
-from helper.readme_blocks import with_block  # noqa: E402
+from helper.readme_blocks import check_or_write, with_block  # noqa: E402
 from helper.ranges import Range  # noqa: E402
 from train_student import build_parser  # noqa: E402
 
@@ -151,20 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print(table() + "\n\n" + flags_paragraph())
         return 0
-    with open(README, encoding="utf-8") as fh:
-        readme = fh.read()
-    current = with_generated(readme)
-    if args.write:
-        if current != readme:
-            with open(README, "w", encoding="utf-8") as fh:
-                fh.write(current)
-        return 0
-    if current != readme:
-        print("error: README.md's methods table or flags paragraph is out of date; run python "
-              "scripts/method_table.py --write",
-              file=sys.stderr)
-        return 1
-    return 0
+    return check_or_write(README, with_generated, args.write, "methods table or flags paragraph is",
+                          "python scripts/method_table.py --write")
 
 
 if __name__ == "__main__":

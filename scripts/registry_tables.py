@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import DEFAULT_DATASET, dataset_names, dataset_spec  # noqa: E402
 from helper.errors import exit_on_user_error  # noqa: E402
 from helper.plugins import add_plugin_flag, import_plugins  # noqa: E402
-from helper.readme_blocks import with_block  # noqa: E402
+from helper.readme_blocks import check_or_write, with_block  # noqa: E402
 from models.registry import ZOOS  # noqa: E402
 from models.rep_blocks import BLOCK_TYPES, DEFAULT_BLOCKTYPE  # noqa: E402
 
@@ -116,19 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print("\n\n".join(tables().values()))
         return 0
-    with open(README, encoding="utf-8") as fh:
-        readme = fh.read()
-    current = with_tables(readme)
-    if args.write:
-        if current != readme:
-            with open(README, "w", encoding="utf-8") as fh:
-                fh.write(current)
-        return 0
-    if current != readme:
-        print(f"error: README.md's tables of models, block types or data sets are out of date; run "
-              f"python {GENERATOR} --write", file=sys.stderr)
-        return 1
-    return 0
+    return check_or_write(README, with_tables, args.write, "tables of models, block types or data sets are",
+                          f"python {GENERATOR} --write")
 
 
 if __name__ == "__main__":
