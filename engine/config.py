@@ -275,11 +275,17 @@ def dataset_zoo(dataset: str) -> ModelRegistry:
     return zoo_named(dataset_spec(dataset).model_zoo)
 
 
+def other_zoo_with(zoo: ModelRegistry, name: str) -> ModelRegistry | None:
+    """The first zoo other than ``zoo`` that registers ``name`` (None if none does): the one a
+    misplaced architecture belongs to, whose data set (:func:`dataset.zoo_dataset`) to suggest."""
+    return next((z for z in ZOOS.values() if z is not zoo and name in z.models), None)
+
+
 def check_architecture(zoo: ModelRegistry, name: str, flag: str) -> str:
     """``name`` if ``zoo`` has it; a name of another zoo is one line saying which ``--dataset``
     selects that zoo (:func:`dataset.zoo_dataset`); any other is the zoo's unknown-name error."""
-    other = next((z for z in ZOOS.values() if z is not zoo and name in z.models), None)
-    if name not in zoo.models and other is not None:
+    other = None if name in zoo.models else other_zoo_with(zoo, name)
+    if other is not None:
         raise UserError(f"{flag} {name} is {other.name} model; pass --dataset "
                         f"{zoo_dataset(other.kind)}, or one of: {', '.join(sorted(zoo.models))}")
     return zoo.check_name(name, flag)

@@ -25,8 +25,9 @@ from helper.checkpoint import describe_mismatch, extract_state_dict, num_classes
 from helper.errors import UserError
 from helper.ranges import TEMPERATURE, WEIGHT, Range
 from helper.util import parse_decay_epochs
-from engine.config import RECORDED_WHEN_GIVEN, TrainingConfig, check_architecture, config_dict, dataset_zoo
-from models import BLOCK_TYPES, CIFAR_ZOO, IMAGENET_ZOO
+from engine.config import (RECORDED_WHEN_GIVEN, TrainingConfig, check_architecture, config_dict, dataset_zoo,
+                           other_zoo_with)
+from models import BLOCK_TYPES
 from models.rep_blocks import DEFAULT_BLOCKTYPE
 
 #: ``--dist_timeout`` at most 7 days: a longer wait means "never" (and ``datetime.timedelta``
@@ -421,8 +422,8 @@ def recorded_architecture_in(zoo, arch: str, path: str, flag: str, from_record: 
     unknown-name message for ``flag``."""
     if arch in zoo.models or not from_record:
         return check_architecture(zoo, arch, flag)
-    other = IMAGENET_ZOO if zoo is CIFAR_ZOO else CIFAR_ZOO
-    if arch in other.models:
+    other = other_zoo_with(zoo, arch)
+    if other is not None:
         raise UserError(f"{path} holds {other.name} model ({arch}); pass --dataset {zoo_dataset(other.kind)}")
     raise UserError(f"{path} records the architecture {arch}, which this code does not have; "
                     f"known models: {', '.join(sorted(zoo.models))}")

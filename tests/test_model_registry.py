@@ -10,6 +10,7 @@ import torch
 import models
 from engine.config import check_architecture
 from engine.model_io import _form_hint
+from engine.options import recorded_architecture_in
 from helper.errors import UserError
 from models import (CIFAR_ZOO, IMAGENET_ZOO, ModelFacts, ModelRegistry, ModelZoo, imagenet_model_dict,
                     model_dict, zoo_named, zoo_of)
@@ -124,3 +125,14 @@ def test_plain_conv_bn_keys_tell_no_form():
     assert state_dict_forms(plain) == set() and _form_hint(True, plain) == ""
     base = make_conv_bn(4, 4, 1).state_dict()
     assert state_dict_forms(base) == set()
+
+
+def test_a_file_recording_another_zoos_architecture_names_its_data_set():
+    with pytest.raises(UserError) as err:
+        recorded_architecture_in(CIFAR_ZOO, "resnet18", "x.pth", "-a", from_record=True)
+    assert str(err.value) == "x.pth holds an ImageNet model (resnet18); pass --dataset imagenet"
+    with pytest.raises(UserError) as err:
+        recorded_architecture_in(IMAGENET_ZOO, "wrn_40_2", "x.pth", "-a", from_record=True)
+    assert str(err.value) == "x.pth holds a CIFAR model (wrn_40_2); pass --dataset cifar100"
+    with pytest.raises(UserError, match="records the architecture nosuchnet, which this code does not have"):
+        recorded_architecture_in(CIFAR_ZOO, "nosuchnet", "x.pth", "-a", from_record=True)
