@@ -295,9 +295,8 @@ def write_results(config: StudentConfig, members: list[Member], teacher_acc: flo
     teacher's sha256 as hashed when the run loaded it, the one its checkpoints record)."""
     if not dist.is_main:
         return
-    path = config.model.path_t
-    sha = members[0].run.extra_state.get(TEACHER_SHA) or file_sha256(path)
-    teacher = {"path": path, "sha256": sha, "test_acc": teacher_acc}
+    teacher = {"path": config.model.path_t, "sha256": members[0].run.extra_state[TEACHER_SHA],
+               "test_acc": teacher_acc}
     for member in members:
         if member.last and not member.failure:
             write_json_atomic(os.path.join(member.run.save_folder, METRICS_FILE),
