@@ -39,12 +39,11 @@ from dataset.synthetic import FAKE_DATASET, write_fake_cifar100  # noqa: E402
 from distiller_zoo import get_method, method_names  # noqa: E402
 from distiller_zoo.methods import DEFAULT_METHOD  # noqa: E402
 from engine.config import StudentConfig  # noqa: E402
-from engine.distill import DistillStep, build_method_for, freeze, loss_weights  # noqa: E402
+from engine.distill import DistillStep, StudentParts, build_method_for, freeze, loss_weights  # noqa: E402
 from engine.fit import LoopSettings, Member, run_epoch  # noqa: E402
 from engine.loops import make_grad_scaler  # noqa: E402
 from engine.options import counted  # noqa: E402
 from engine.trainer import Run  # noqa: E402
-from engine.distill import StudentParts
 from engine.trials import run_trials_epoch, stepping_for  # noqa: E402
 from helper.distributed import DistContext  # noqa: E402
 from helper.errors import UserError, exit_on_user_error  # noqa: E402
